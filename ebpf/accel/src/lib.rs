@@ -1,0 +1,16 @@
+//! User-space side of the lab's eBPF accelerators: one typed handle per accelerator that
+//! loads its program object (built from `ebpf/programs` by this crate's build.rs), attaches,
+//! configures, reads statistics, pins and detaches.
+//!
+//! Pinned objects live under `/sys/fs/bpf/<prefix>/<accelerator>/<scope>/<interface>/`
+//! (see [`pin::PinLayout`]) so that attachments outlive the process that made them and
+//! `accel … detach` or `lab down` can find and remove them later.
+
+mod error;
+pub mod monitor;
+pub mod pin;
+
+pub use error::Error;
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

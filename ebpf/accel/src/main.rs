@@ -1,0 +1,165 @@
+//! `accel`: attach, inspect and detach the lab's eBPF accelerators.
+//!
+//! Attachments are pinned in bpffs (`/sys/fs/bpf/<prefix>/<accelerator>/<netns>/<iface>/`), so
+//! they stay after `accel` exits and later calls find them.
+
+use std::{fs, os::fd::AsFd as _, path::PathBuf, process::ExitCode};
+
+use accel::{
+    monitor::{self, AttachMode, Monitor, PinnedMonitor},
+    pin::{BPFFS, DEFAULT_PREFIX, PinLayout},
+};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+/// Attach, inspect and detach the lab's eBPF accelerators.
+///
+/// Exit codes: 0 success, 1 failure (the message says what and where), 2 bad arguments.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Name prefix of the lab's kernel objects (pins go to <bpffs>/<prefix>/).
+    #[arg(long, global = true, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+    /// Where bpffs is mounted.
+    #[arg(long, global = true, default_value = BPFFS)]
+    bpffs: PathBuf,
+    /// Work on interfaces of this named network namespace (/run/netns/NAME), entered with
+    /// setns so /sys and bpffs stay visible.
+    #[arg(long, global = true)]
+    netns: Option<String>,
+    #[command(subcommand)]
+    accelerator: Accelerator,
+}
+
+#[derive(Debug, Subcommand)]
+enum Accelerator {
+    /// Performance monitor: per-CPU frames/bytes at XDP and netif_receive_skb events.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MonitorCommand {
+    /// Attach to an interface and pin, so it keeps counting after accel exits.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t)]
+        mode: AttachMode,
+    },
+    /// Print the per-CPU counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach and remove the pins.
+    Detach {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// The network interface.
+    #[arg(long)]
+    iface: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let scope = match &cli.netns {
+        Some(name) => {
+            enter_netns(name)?;
+            name.as_str()
+        }
+        None => "host",
+    };
+    let layout = PinLayout::new(&cli.bpffs, &cli.prefix);
+    match cli.accelerator {
+        Accelerator::Monitor(command) => monitor_command(command, &layout, scope),
+    }
+}
+
+fn monitor_command(command: MonitorCommand, layout: &PinLayout, scope: &str) -> anyhow::Result<()> {
+    match command {
+        MonitorCommand::Attach { target, mode } => {
+            let pinned = Monitor::attach_pinned(&target.iface, mode, layout, scope)?;
+            println!(
+                "monitor attached to {}, pinned at {}",
+                target.iface,
+                pinned.dir().display()
+            );
+        }
+        MonitorCommand::Stats { target, json } => {
+            let stats = PinnedMonitor::open(layout, scope, &target.iface)?.stats()?;
+            if json {
+                println!("{}", serde_json::to_string(&stats_json(&stats))?);
+            } else {
+                print_table(&stats);
+            }
+        }
+        MonitorCommand::Detach { target } => {
+            let pinned = PinnedMonitor::open(layout, scope, &target.iface)?;
+            let dir = pinned.dir().to_owned();
+            pinned.detach()?;
+            println!(
+                "monitor detached from {} (removed {})",
+                target.iface,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn stats_json(stats: &monitor::Stats) -> serde_json::Value {
+    serde_json::json!({
+        "iface": stats.iface,
+        "per_cpu": stats.per_cpu,
+        "total": stats.total(),
+    })
+}
+
+fn print_table(stats: &monitor::Stats) {
+    println!("monitor on {}", stats.iface);
+    println!(
+        "{:>5} {:>14} {:>16} {:>18}",
+        "cpu", "xdp_frames", "xdp_bytes", "netif_receive_skb"
+    );
+    let row = |cpu: &str, c: &monitor::Counters| {
+        println!(
+            "{cpu:>5} {:>14} {:>16} {:>18}",
+            c.xdp_frames, c.xdp_bytes, c.netif_receive_skb
+        );
+    };
+    for c in &stats.per_cpu {
+        row(&c.cpu.to_string(), &c.counters);
+    }
+    row("all", &stats.total());
+}
+
+/// Moves this (single-threaded) process into the named network namespace.
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let path = PathBuf::from("/run/netns").join(name);
+    let ns = fs::File::open(&path)
+        .with_context(|| format!("network namespace {name:?} ({})", path.display()))?;
+    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))
+        .with_context(|| format!("setns into {name:?}"))
+}

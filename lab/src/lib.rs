@@ -1,0 +1,1 @@
+//! The DisGraFS eBPF Lab harness: topology files, nodes, scenarios, measurements, reports.
