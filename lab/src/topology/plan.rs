@@ -1,0 +1,515 @@
+//! The plan: a checked topology as an ordered list of kernel resources.
+//!
+//! # Naming
+//!
+//! Every kernel object a lab makes is named from a *prefix* (`dgl` by default, see [`Prefix`])
+//! and the lab name, so that labs that are up at once never collide and `lab down` can find a
+//! lab's objects from their names alone:
+//!
+//! - the namespace of node `N` in lab `L` is `<prefix>-L.N` (e.g. `dgl-two-hosts.client`): lab
+//!   and node names contain no `.`, so every namespace of lab `L` starts with `<prefix>-L.`,
+//!   and every namespace of the prefix with `<prefix>-`;
+//! - inside a lab namespace, interfaces keep the names written in the file (`eth0`) and a
+//!   bridge's device is named after its node; all are checked to fit the kernel's 15 bytes;
+//! - interfaces in the host's namespace (links to a `host` node) are named
+//!   `<tag>-<n>`, where the tag ([`lab_tag`]) is the prefix plus 4 hex digits of a hash of the
+//!   lab name and `n` counts host interfaces in link order (e.g. `dgl3f9a-0`): at most
+//!   4 + 4 + 1 + 6 = 15 bytes. Two lab names can share a tag (1 in 65536): `lab up` must
+//!   refuse a lab whose tag is already used by a lab that is up.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Impairment, NodeKind, Pools, Topology};
+use super::units::Cidr;
+
+/// The start of every kernel name of a lab: 1 to 4 lowercase letters or digits, first a letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prefix(String);
+
+impl Prefix {
+    /// Checks `prefix`.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let valid = (1..=4).contains(&prefix.len())
+            && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if valid {
+            Ok(Prefix(prefix.to_owned()))
+        } else {
+            Err(format!(
+                "bad prefix `{prefix}`: use 1 to 4 lowercase letters or digits, first a letter"
+            ))
+        }
+    }
+
+    /// The prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Prefix("dgl".to_owned())
+    }
+}
+
+/// Choices that shape a plan beyond the topology.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Start of every kernel name.
+    pub prefix: Prefix,
+}
+
+/// A 16-bit hash of a lab name (FNV-1a, folded).
+pub(crate) fn lab_hash(name: &str) -> u16 {
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    ((hash >> 16) ^ (hash & 0xffff)) as u16
+}
+
+/// The tag of lab `name`: the prefix and 4 hex digits of a 16-bit hash of the name (FNV-1a,
+/// folded), e.g. `dgl3f9a`.
+pub fn lab_tag(prefix: &Prefix, name: &str) -> String {
+    format!("{}{:04x}", prefix.as_str(), lab_hash(name))
+}
+
+/// A network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Netns {
+    /// The host's own namespace (of the process running `lab`).
+    Root,
+    /// A named namespace under `/run/netns`.
+    Named(String),
+}
+
+impl fmt::Display for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netns::Root => f.write_str("(host)"),
+            Netns::Named(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One end of a veth pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethEnd {
+    /// The namespace the end is created in.
+    pub ns: Netns,
+    /// Its kernel name in that namespace.
+    pub dev: String,
+    /// The node it belongs to.
+    pub node: String,
+    /// The interface name in the file.
+    pub iface: String,
+}
+
+/// One step of a plan. Each step names the namespace it acts in; steps run in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Step {
+    /// Create the named namespace `ns` (bind-mounted under `/run/netns`).
+    CreateNamespace {
+        /// Namespace name.
+        ns: String,
+        /// The node it holds.
+        node: String,
+    },
+    /// Write `value` to the sysctl `key` inside `ns`.
+    Sysctl {
+        /// Namespace.
+        ns: Netns,
+        /// Dotted key, e.g. `net.ipv4.ip_forward`.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Create a Linux bridge device.
+    CreateBridge {
+        /// Namespace.
+        ns: Netns,
+        /// Device name.
+        dev: String,
+        /// The bridge node.
+        node: String,
+    },
+    /// Create a veth pair with each end straight in its namespace.
+    CreateVeth {
+        /// First end (the link's first endpoint).
+        a: VethEnd,
+        /// Second end.
+        b: VethEnd,
+        /// MTU of both ends, if not the default.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
+    },
+    /// Make `dev` a port of `bridge`.
+    Enslave {
+        /// Namespace.
+        ns: Netns,
+        /// The port.
+        dev: String,
+        /// The bridge device.
+        bridge: String,
+    },
+    /// Add an address to `dev`.
+    AddAddress {
+        /// Namespace.
+        ns: Netns,
+        /// Device.
+        dev: String,
+        /// Address with prefix length.
+        address: Cidr,
+        /// Skip duplicate address detection (`IFA_F_NODAD`), so IPv6 works at once.
+        nodad: bool,
+    },
+    /// Add a netem root qdisc on the egress of `dev`.
+    AddNetem {
+        /// Namespace.
+        ns: Netns,
+        /// Device.
+        dev: String,
+        /// What to impair.
+        netem: Impairment,
+    },
+    /// Set `dev` up.
+    SetUp {
+        /// Namespace.
+        ns: Netns,
+        /// Device.
+        dev: String,
+    },
+    /// Add a static route.
+    AddRoute {
+        /// Namespace.
+        ns: Netns,
+        /// Destination network.
+        to: Cidr,
+        /// Gateway.
+        via: IpAddr,
+    },
+    /// Run `command` with `sh -c` inside the node.
+    Exec {
+        /// Namespace.
+        ns: Netns,
+        /// The node.
+        node: String,
+        /// Shell command.
+        command: String,
+    },
+}
+
+/// What removes what a step made, when removing its namespace does not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Undo {
+    /// Delete a named namespace (and so every device in it).
+    DeleteNamespace {
+        /// Namespace name.
+        ns: String,
+    },
+    /// Delete a device (a veth end in the host's namespace; its peer goes with it).
+    DeleteLink {
+        /// Namespace.
+        ns: Netns,
+        /// Device.
+        dev: String,
+    },
+}
+
+impl Step {
+    /// What undoes this step, if anything must: steps inside a lab namespace are undone by
+    /// deleting the namespace.
+    pub fn undo(&self) -> Option<Undo> {
+        match self {
+            Step::CreateNamespace { ns, .. } => Some(Undo::DeleteNamespace { ns: ns.clone() }),
+            Step::CreateVeth { a, b, .. } => [a, b]
+                .into_iter()
+                .find(|end| end.ns == Netns::Root)
+                .map(|end| Undo::DeleteLink {
+                    ns: Netns::Root,
+                    dev: end.dev.clone(),
+                }),
+            Step::CreateBridge {
+                ns: Netns::Root,
+                dev,
+                ..
+            } => Some(Undo::DeleteLink {
+                ns: Netns::Root,
+                dev: dev.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A lab's kernel resources, in creation order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The lab name.
+    pub lab: String,
+    /// The kernel-name prefix.
+    pub prefix: String,
+    /// The lab tag (see [`lab_tag`]).
+    pub tag: String,
+    /// Address pools the lab draws from.
+    pub pools: Pools,
+    /// Steps, in order.
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// Plans `topology` (checked by [`super::parse`] or [`super::load`]).
+    pub fn new(topology: &Topology, options: &PlanOptions) -> Plan {
+        let lab = &topology.name.value;
+        let prefix = options.prefix.as_str();
+        let tag = lab_tag(&options.prefix, lab);
+        let ns_of = |node: &str| match topology.node(node).map(|n| &n.kind.value) {
+            Some(NodeKind::Host) => Netns::Root,
+            _ => Netns::Named(format!("{prefix}-{lab}.{node}")),
+        };
+        let mut steps = Vec::new();
+        let sysctl = |ns: &Netns, key: &str, value: &str| Step::Sysctl {
+            ns: ns.clone(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+        };
+
+        for node in &topology.nodes {
+            let Netns::Named(name) = ns_of(&node.name.value) else {
+                continue;
+            };
+            let ns = Netns::Named(name.clone());
+            steps.push(Step::CreateNamespace {
+                ns: name,
+                node: node.name.value.clone(),
+            });
+            steps.push(Step::SetUp {
+                ns: ns.clone(),
+                dev: "lo".to_owned(),
+            });
+            steps.push(sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0"));
+            steps.push(sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0"));
+            if node.forwarding {
+                steps.push(sysctl(&ns, "net.ipv4.ip_forward", "1"));
+                steps.push(sysctl(&ns, "net.ipv6.conf.all.forwarding", "1"));
+            }
+        }
+        let bridges: Vec<&str> = topology
+            .nodes
+            .iter()
+            .filter(|n| n.kind.value == NodeKind::Bridge)
+            .map(|n| n.name.value.as_str())
+            .collect();
+        for bridge in &bridges {
+            steps.push(Step::CreateBridge {
+                ns: ns_of(bridge),
+                dev: (*bridge).to_owned(),
+                node: (*bridge).to_owned(),
+            });
+        }
+
+        let mut host_ifaces = 0usize;
+        let ends: Vec<[VethEnd; 2]> = topology
+            .links
+            .iter()
+            .map(|link| {
+                link.endpoints.each_ref().map(|e| {
+                    let ns = ns_of(&e.node.value);
+                    let dev = if ns == Netns::Root {
+                        host_ifaces += 1;
+                        format!("{tag}-{}", host_ifaces - 1)
+                    } else {
+                        e.iface.value.clone()
+                    };
+                    VethEnd {
+                        ns,
+                        dev,
+                        node: e.node.value.clone(),
+                        iface: e.iface.value.clone(),
+                    }
+                })
+            })
+            .collect();
+        for (link, [a, b]) in topology.links.iter().zip(&ends) {
+            steps.push(Step::CreateVeth {
+                a: a.clone(),
+                b: b.clone(),
+                mtu: link.mtu.as_ref().map(|m| m.value),
+            });
+        }
+        for end in ends.iter().flatten() {
+            if bridges.contains(&end.node.as_str()) {
+                steps.push(Step::Enslave {
+                    ns: end.ns.clone(),
+                    dev: end.dev.clone(),
+                    bridge: end.node.clone(),
+                });
+            }
+        }
+        for (link, pair) in topology.links.iter().zip(&ends) {
+            for (end, addresses) in pair.iter().zip(&link.addresses) {
+                for address in addresses {
+                    steps.push(Step::AddAddress {
+                        ns: end.ns.clone(),
+                        dev: end.dev.clone(),
+                        address: *address,
+                        nodad: address.is_ipv6(),
+                    });
+                }
+            }
+        }
+        for (link, pair) in topology.links.iter().zip(&ends) {
+            for (end, impair) in pair.iter().zip(&link.impair) {
+                if !impair.is_none() {
+                    steps.push(Step::AddNetem {
+                        ns: end.ns.clone(),
+                        dev: end.dev.clone(),
+                        netem: impair.clone(),
+                    });
+                }
+            }
+        }
+        for bridge in &bridges {
+            steps.push(Step::SetUp {
+                ns: ns_of(bridge),
+                dev: (*bridge).to_owned(),
+            });
+        }
+        for end in ends.iter().flatten() {
+            steps.push(Step::SetUp {
+                ns: end.ns.clone(),
+                dev: end.dev.clone(),
+            });
+        }
+        for node in &topology.nodes {
+            for route in &node.routes {
+                steps.push(Step::AddRoute {
+                    ns: ns_of(&node.name.value),
+                    to: route.to.value,
+                    via: route.via.value,
+                });
+            }
+        }
+        for node in &topology.nodes {
+            for command in &node.exec {
+                steps.push(Step::Exec {
+                    ns: ns_of(&node.name.value),
+                    node: node.name.value.clone(),
+                    command: command.value.clone(),
+                });
+            }
+        }
+        Plan {
+            lab: lab.clone(),
+            prefix: prefix.to_owned(),
+            tag,
+            pools: topology.pools,
+            steps,
+        }
+    }
+
+    /// What removes the lab, in order: the reverse of creation, namespaces last.
+    pub fn teardown(&self) -> Vec<Undo> {
+        self.steps.iter().rev().filter_map(Step::undo).collect()
+    }
+}
+
+impl fmt::Display for Impairment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(d) = self.delay {
+            parts.push(format!("delay {d}"));
+        }
+        if let Some(j) = self.jitter {
+            parts.push(format!("jitter {j}"));
+        }
+        for (name, value) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+            ("corrupt", self.corrupt),
+        ] {
+            if let Some(v) = value {
+                parts.push(format!("{name} {v}"));
+            }
+        }
+        if let Some(r) = self.rate {
+            parts.push(format!("rate {r}"));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::CreateNamespace { ns, node } => write!(f, "netns   {ns}  (node {node})"),
+            Step::Sysctl { ns, key, value } => write!(f, "sysctl  {ns}  {key}={value}"),
+            Step::CreateBridge { ns, dev, .. } => write!(f, "bridge  {ns}  {dev}"),
+            Step::CreateVeth { a, b, mtu } => {
+                write!(
+                    f,
+                    "veth    {} {} ({}:{}) <-> {} {} ({}:{})",
+                    a.ns, a.dev, a.node, a.iface, b.ns, b.dev, b.node, b.iface
+                )?;
+                match mtu {
+                    Some(mtu) => write!(f, " mtu {mtu}"),
+                    None => Ok(()),
+                }
+            }
+            Step::Enslave { ns, dev, bridge } => write!(f, "master  {ns}  {dev} -> {bridge}"),
+            Step::AddAddress {
+                ns,
+                dev,
+                address,
+                nodad,
+            } => {
+                let nodad = if *nodad { " nodad" } else { "" };
+                write!(f, "addr    {ns}  {dev} {address}{nodad}")
+            }
+            Step::AddNetem { ns, dev, netem } => write!(f, "netem   {ns}  {dev} {netem}"),
+            Step::SetUp { ns, dev } => write!(f, "up      {ns}  {dev}"),
+            Step::AddRoute { ns, to, via } => write!(f, "route   {ns}  {to} via {via}"),
+            Step::Exec { ns, command, .. } => write!(f, "exec    {ns}  {command}"),
+        }
+    }
+}
+
+impl fmt::Display for Undo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Undo::DeleteNamespace { ns } => write!(f, "delete netns {ns}"),
+            Undo::DeleteLink { ns, dev } => write!(f, "delete link  {ns}  {dev}"),
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "lab {}: prefix {}, tag {}, pools {} {}",
+            self.lab, self.prefix, self.tag, self.pools.ipv4, self.pools.ipv6
+        )?;
+        writeln!(f, "up ({} steps):", self.steps.len())?;
+        let width = self.steps.len().to_string().len();
+        for (i, step) in self.steps.iter().enumerate() {
+            writeln!(f, "  {:>width$}. {step}", i + 1)?;
+        }
+        let teardown = self.teardown();
+        writeln!(f, "down ({} steps):", teardown.len())?;
+        let width = teardown.len().to_string().len();
+        for (i, undo) in teardown.iter().enumerate() {
+            writeln!(f, "  {:>width$}. {undo}", i + 1)?;
+        }
+        Ok(())
+    }
+}
