@@ -2,29 +2,31 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Install everything a fresh Debian 12 machine needs (idempotent; a second run takes seconds).
+# The demo lab behind `just lab up` / `just lab down`: client — router — server, v4 and v6.
+demo := "scenarios/topologies/line-3.toml"
+
+# Install everything a fresh Debian 12 machine needs (idempotent)
 setup:
     ./setup
 
-# Run the lab CLI, e.g. `just lab plan scenarios/topologies/two-hosts.toml`.
+# The lab CLI: `just lab up|down` (demo lab), or any subcommand (plan, up FILE, status, exec)
 lab *ARGS:
-    cargo run --quiet --release -p lab -- {{ARGS}}
+    @cargo run --quiet --release -p lab -- {{ if ARGS == "up" { "up " + demo } else if ARGS == "down" { "down line-3" } else { ARGS } }}
 
-# Run the accelerator CLI, e.g. `just accel monitor stats --iface eth0`.
+# The accelerator CLI, e.g. `just accel monitor stats --iface eth0`
 accel *ARGS:
-    cargo run --quiet --release -p accel -- {{ARGS}}
+    @cargo run --quiet --release -p accel -- {{ARGS}}
 
-# Every test (root: they make namespaces, veths and BPF programs), then prove nothing leaked.
+# Every test (as root: namespaces, veths, BPF programs), then a check that nothing leaked
 test *ARGS:
     tools/leak-check -- cargo nextest run --no-fail-fast {{ARGS}}
 
-# Formatting and clippy with warnings as errors (the eBPF crate is checked for the host with
-# panic=abort in its own target dir: rustc-web ships no clippy for the bpf target).
+# cargo fmt --check, clippy -D warnings (eBPF crate: host check with panic=abort)
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
     CARGO_TARGET_DIR=target/ebpf-clippy RUSTFLAGS="-C panic=abort" cargo clippy -p ebpf-programs -- -D warnings
 
-# Format the code.
+# Format the code
 fmt:
     cargo fmt --all

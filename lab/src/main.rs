@@ -4,24 +4,35 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::os::unix::process::CommandExt as _;
+use std::time::Instant;
+
 use clap::{Args, Parser, Subcommand};
-use lab::topology::{self, LoadError, Plan, PlanOptions, Prefix};
+use lab::apply;
+use lab::state::{DEFAULT_STATE_DIR, StateDir};
+use lab::topology::{self, LoadError, Plan, PlanOptions, Prefix, Step};
 use miette::GraphicalReportHandler;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  failure while running (e.g. a file cannot be read)
-  2  invalid input: bad arguments, or an invalid topology file (every problem is printed)";
+  1  failure while running (a kernel operation failed; what was made is removed again)
+  2  invalid input: bad arguments, or an invalid topology file (every problem is printed)
+  3  conflict: the lab, or one using the same names or addresses, is already up";
 
 /// Exit code for failures while running.
 const FAILURE: u8 = 1;
 /// Exit code for invalid input.
 const INVALID: u8 = 2;
+/// Exit code for a lab that collides with one that is up.
+const CONFLICT: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(name = "lab", version, about = "Network labs for the DisGraFS eBPF Lab", after_help = EXIT_CODES)]
 struct Cli {
+    /// Where lab state files are kept.
+    #[arg(long, global = true, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +42,55 @@ enum Command {
     /// Print the resources that `lab up` would create for a topology, in order.
     #[command(after_help = EXIT_CODES)]
     Plan(PlanArgs),
+    /// Create a lab: namespaces, veths, bridges, addresses, routes, impairments.
+    #[command(after_help = EXIT_CODES)]
+    Up(PlanArgs),
+    /// Remove a lab (or every lab of the prefix), also after a crash.
+    #[command(after_help = EXIT_CODES)]
+    Down(DownArgs),
+    /// Show the labs that are up.
+    Status(StatusArgs),
+    /// Run a command inside a node's network namespace (entered with setns: /sys and bpffs
+    /// stay as they are).
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    /// The lab to remove.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    lab: Option<String>,
+    /// Remove every lab of the prefix, and anything named like one.
+    #[arg(long)]
+    all: bool,
+    /// Start of every kernel name.
+    #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
+    prefix: Prefix,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Start of every kernel name.
+    #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
+    prefix: Prefix,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// The lab (needed only when several are up).
+    #[arg(long)]
+    lab: Option<String>,
+    /// Start of every kernel name.
+    #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
+    prefix: Prefix,
+    /// The node.
+    node: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -47,8 +107,13 @@ struct PlanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let states = StateDir::new(&cli.state_dir);
     let result = match cli.command {
         Command::Plan(args) => plan(&args),
+        Command::Up(args) => up(&args, &states),
+        Command::Down(args) => down(&args, &states),
+        Command::Status(args) => status(&args, &states),
+        Command::Exec(args) => exec(&args, &states),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,12 +145,188 @@ fn load(file: &std::path::Path) -> Result<topology::Loaded, u8> {
     }
 }
 
-fn plan(args: &PlanArgs) -> Result<(), u8> {
+fn plan_of(args: &PlanArgs) -> Result<Plan, u8> {
     let loaded = load(&args.file)?;
     let options = PlanOptions {
         prefix: args.prefix.clone(),
     };
-    let plan = Plan::new(&loaded.topology, &options);
+    Ok(Plan::new(&loaded.topology, &options))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            FAILURE
+        })
+}
+
+fn apply_error(e: &apply::Error) -> u8 {
+    eprintln!("error: {e}");
+    match e {
+        apply::Error::Conflict(_) => CONFLICT,
+        _ => FAILURE,
+    }
+}
+
+fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
+    let plan = plan_of(args)?;
+    let started = Instant::now();
+    runtime()?
+        .block_on(apply::up(&plan, &args.file, states))
+        .map_err(|e| apply_error(&e))?;
+    let nodes = namespaces_of(&plan).count();
+    write_stdout(&format!(
+        "lab {} is up: {nodes} namespaces, {} steps in {:.2} s\n",
+        plan.lab,
+        plan.steps.len(),
+        started.elapsed().as_secs_f64()
+    ))?;
+    status(
+        &StatusArgs {
+            json: false,
+            prefix: args.prefix.clone(),
+        },
+        states,
+    )
+}
+
+fn down(args: &DownArgs, states: &StateDir) -> Result<(), u8> {
+    let labs = runtime()?
+        .block_on(apply::down(
+            args.prefix.as_str(),
+            args.lab.as_deref(),
+            states,
+        ))
+        .map_err(|e| apply_error(&e))?;
+    let text = match (labs.is_empty(), &args.lab) {
+        (true, Some(lab)) => format!("lab {lab} is not up: nothing to remove\n"),
+        (true, None) => "no lab is up: nothing to remove\n".to_owned(),
+        (false, _) => format!("removed: {}\n", labs.join(", ")),
+    };
+    write_stdout(&text)
+}
+
+/// The (namespace, node) pairs of a plan.
+fn namespaces_of(plan: &Plan) -> impl Iterator<Item = (&str, &str)> {
+    plan.steps.iter().filter_map(|s| match s {
+        Step::CreateNamespace { ns, node } => Some((ns.as_str(), node.as_str())),
+        _ => None,
+    })
+}
+
+fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {
+    let labs = states.list(args.prefix.as_str()).map_err(|e| {
+        eprintln!("error: reading lab state: {e}");
+        FAILURE
+    })?;
+    let present: Vec<String> = lab_netlink::Netns::list().unwrap_or_default();
+    let report: Vec<serde_json::Value> = labs
+        .iter()
+        .map(|state| {
+            let nodes: Vec<serde_json::Value> = namespaces_of(&state.plan)
+                .map(|(ns, node)| {
+                    serde_json::json!({
+                        "node": node,
+                        "netns": ns,
+                        "present": present.iter().any(|p| p == ns),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "lab": state.plan.lab,
+                "phase": state.phase,
+                "source": state.source,
+                "pid": state.pid,
+                "nodes": nodes,
+            })
+        })
+        .collect();
+    if args.json {
+        return write_stdout(&format!("{}\n", serde_json::Value::Array(report)));
+    }
+    let mut text = String::new();
+    if report.is_empty() {
+        text.push_str("no lab is up\n");
+    }
+    for lab in &report {
+        text.push_str(&format!(
+            "{} ({}, from {})\n",
+            lab["lab"].as_str().unwrap_or_default(),
+            lab["phase"].as_str().unwrap_or_default(),
+            lab["source"].as_str().unwrap_or_default()
+        ));
+        for node in lab["nodes"].as_array().into_iter().flatten() {
+            let mark = if node["present"] == true {
+                "up"
+            } else {
+                "MISSING"
+            };
+            text.push_str(&format!(
+                "  {:<16} {:<32} {mark}\n",
+                node["node"].as_str().unwrap_or_default(),
+                node["netns"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    write_stdout(&text)
+}
+
+fn exec(args: &ExecArgs, states: &StateDir) -> Result<(), u8> {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        FAILURE
+    };
+    let labs = states
+        .list(args.prefix.as_str())
+        .map_err(|e| fail(format!("reading lab state: {e}")))?;
+    let state = match &args.lab {
+        Some(name) => labs.iter().find(|s| &s.plan.lab == name),
+        None if labs.len() == 1 => labs.first(),
+        None if labs.is_empty() => return Err(fail("no lab is up".to_owned())),
+        None => {
+            let names: Vec<&str> = labs.iter().map(|s| s.plan.lab.as_str()).collect();
+            return Err(fail(format!(
+                "several labs are up ({}): choose one with --lab",
+                names.join(", ")
+            )));
+        }
+    }
+    .ok_or_else(|| {
+        fail(format!(
+            "lab {} is not up",
+            args.lab.as_deref().unwrap_or_default()
+        ))
+    })?;
+    let (ns, _) = namespaces_of(&state.plan)
+        .find(|(_, node)| *node == args.node)
+        .ok_or_else(|| {
+            let nodes: Vec<&str> = namespaces_of(&state.plan).map(|(_, n)| n).collect();
+            fail(format!(
+                "lab {} has no node {} (nodes: {})",
+                state.plan.lab,
+                args.node,
+                nodes.join(", ")
+            ))
+        })?;
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))
+        .map_err(|e| fail(format!("namespace {ns}: {e}")))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&file),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| fail(format!("setns into {ns}: {e}")))?;
+    let error = std::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .exec();
+    Err(fail(format!("cannot run {}: {error}", args.command[0])))
+}
+
+fn plan(args: &PlanArgs) -> Result<(), u8> {
+    let plan = plan_of(args)?;
     let text = if args.json {
         serde_json::to_string_pretty(&plan).map_err(|e| {
             eprintln!("error: cannot write the plan as JSON: {e}");

@@ -354,6 +354,20 @@ impl Plan {
                 });
             }
         }
+        // Links go up before they get addresses: an IPv6 address added to a link that is down
+        // misses its first neighbour solicitation, so the first packet waits ~1 s for a retry.
+        for bridge in &bridges {
+            steps.push(Step::SetUp {
+                ns: ns_of(bridge),
+                dev: (*bridge).to_owned(),
+            });
+        }
+        for end in ends.iter().flatten() {
+            steps.push(Step::SetUp {
+                ns: end.ns.clone(),
+                dev: end.dev.clone(),
+            });
+        }
         for (link, pair) in topology.links.iter().zip(&ends) {
             for (end, addresses) in pair.iter().zip(&link.addresses) {
                 for address in addresses {
@@ -376,18 +390,6 @@ impl Plan {
                     });
                 }
             }
-        }
-        for bridge in &bridges {
-            steps.push(Step::SetUp {
-                ns: ns_of(bridge),
-                dev: (*bridge).to_owned(),
-            });
-        }
-        for end in ends.iter().flatten() {
-            steps.push(Step::SetUp {
-                ns: end.ns.clone(),
-                dev: end.dev.clone(),
-            });
         }
         for node in &topology.nodes {
             for route in &node.routes {
