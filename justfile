@@ -30,3 +30,8 @@ lint:
 # Format the code
 fmt:
     cargo fmt --all
+
+# star-100 `lab up`/`lab down` against the iproute2 floor, side by side (ratios)
+bench-lab ROUNDS="5":
+    cargo build --quiet --release -p lab
+    tools/bench-lab {{ROUNDS}}
