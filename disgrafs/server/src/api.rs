@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use disgrafs_core::tagger::detect_kind;
-use disgrafs_core::{FileKind, FileMeta, GraphCenter, SearchQuery, TagJob, validate_name};
+use disgrafs_core::{FileKind, FileMeta, GraphCenter, SearchQuery, validate_name};
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -167,41 +167,35 @@ async fn upload(
         let uploaded = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        state
-            .graph
-            .upsert_file(FileMeta {
-                name: name.clone(),
-                size: written.size,
-                sha256: written.sha256.clone(),
-                kind,
-                uploaded,
-            })
-            .await
-            .map_err(|e| {
-                ApiError::new(
+        let meta = FileMeta {
+            name: name.clone(),
+            size: written.size,
+            sha256: written.sha256.clone(),
+            kind,
+            uploaded,
+        };
+        // Indexing and queueing happen under the lock, so that an outbox entry written on
+        // failure is never older than the graph record of a later upload of the same name.
+        match crate::outbox::index(&state, meta.clone()).await {
+            Ok(()) => state.outbox.remove(&name).await?,
+            Err(e) => {
+                state.outbox.put(&meta).await?;
+                return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the file was stored but could not be indexed: {e}"),
-                )
-            })?;
+                    format!(
+                        "{name} was stored (sha256 {}) but a backend is down; it will be \
+                         indexed and tagged when the backend is back: {e}",
+                        written.sha256
+                    ),
+                ));
+            }
+        }
         written
     };
     state
         .metrics
         .upload_bytes
         .fetch_add(written.size, Ordering::Relaxed);
-    state
-        .queue
-        .enqueue(TagJob {
-            name: name.clone(),
-            sha256: written.sha256.clone(),
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the file was stored but could not be queued for tagging: {e}"),
-            )
-        })?;
     Ok((
         StatusCode::CREATED,
         Json(Uploaded {
@@ -313,6 +307,7 @@ async fn delete(
     let name = file_name(path)?;
     let _exclusive = state.consistency.write().await;
     let had_blob = state.blobs.remove(&name).await?;
+    state.outbox.remove(&name).await?;
     let had_record = state.graph.remove_file(&name).await?;
     if had_blob || had_record {
         Ok(StatusCode::NO_CONTENT)
@@ -415,6 +410,7 @@ async fn openapi() -> Json<serde_json::Value> {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     state.graph.counts().await?;
+    state.queue.backlog().await?;
     Ok(Json(json!({ "status": "ok" })))
 }
 

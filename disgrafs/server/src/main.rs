@@ -1,5 +1,6 @@
-//! `disgrafs-server --listen ADDR --data DIR [--max-upload BYTES]`; the write token comes from
-//! the `DISGRAFS_TOKEN` environment variable.
+//! `disgrafs-server --listen ADDR --data DIR [--max-upload BYTES] [--redis URL]
+//! [--falkordb URL]`; the write token comes from the `DISGRAFS_TOKEN` environment variable,
+//! the backend URLs also from `DISGRAFS_REDIS` and `DISGRAFS_FALKORDB`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use clap::Parser;
 use disgrafs_core::tagger::TaggerConfig;
 use disgrafs_server::{Config, start};
 
-/// DisGraFS file server with automatic tagging and a tag graph (embedded storage under DIR).
+/// DisGraFS file server with automatic tagging and a tag graph (embedded storage under DIR
+/// unless a Redis queue or a FalkorDB graph is given).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -29,6 +31,21 @@ struct Args {
     /// Seconds after which an unacknowledged tag job is delivered again.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     redelivery: u64,
+    /// Redis URL of the tag queue (Redis Streams), e.g. redis://127.0.0.1:6379; without it
+    /// the queue lives in this process.
+    #[arg(long, env = "DISGRAFS_REDIS", value_name = "URL")]
+    redis: Option<String>,
+    /// FalkorDB URL of the tag graph, e.g. redis://127.0.0.1:6380; without it the graph is
+    /// DIR/graph.sqlite.
+    #[arg(long, env = "DISGRAFS_FALKORDB", value_name = "URL")]
+    falkordb: Option<String>,
+    /// Name of the FalkorDB graph.
+    #[arg(long, value_name = "NAME", default_value = "disgrafs")]
+    falkordb_graph: String,
+    /// In-process tagging workers (default: 1 with the in-process queue, 0 with --redis,
+    /// where disgrafs-tagger processes consume the queue).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 #[tokio::main]
@@ -55,6 +72,10 @@ async fn main() -> anyhow::Result<()> {
             ..TaggerConfig::default()
         },
         redelivery: Duration::from_secs(args.redelivery),
+        redis: args.redis,
+        falkordb: args.falkordb,
+        falkordb_graph: args.falkordb_graph,
+        workers: args.workers,
     })
     .await?;
     println!("disgrafs-server listening on http://{}", running.addr);

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use disgrafs_core::tagger::TaggerConfig;
 use disgrafs_server::{Config, Running, start};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -30,12 +29,13 @@ impl TestServer {
 
     async fn start_in(dir: tempfile::TempDir, max_upload: u64) -> Self {
         let running = start(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data: dir.path().to_owned(),
             max_upload,
-            token: TOKEN.to_owned(),
-            tagger: TaggerConfig::default(),
             redelivery: Duration::from_secs(30),
+            ..Config::new(
+                "127.0.0.1:0".parse().unwrap(),
+                dir.path().to_owned(),
+                TOKEN.to_owned(),
+            )
         })
         .await
         .unwrap();

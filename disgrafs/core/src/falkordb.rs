@@ -1,0 +1,605 @@
+//! The FalkorDB [`GraphStore`]: `(:File)-[:TAGGED {score}]->(:Tag)` queried with Cypher over
+//! the Redis protocol (`GRAPH.QUERY`).
+//!
+//! Every value reaches the server as a query parameter (`CYPHER name="…" MATCH … $name`), the
+//! protocol's parameter mechanism, encoded by [`Param`]; the query texts are constants of this
+//! module or built from its own fragments only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+
+use crate::graph::add_edges;
+use crate::redis_conn::{connect, redact};
+use crate::{
+    BoxFuture, Error, FileKind, FileMeta, Graph, GraphCenter, GraphNode, GraphStore, Result,
+    SearchPage, SearchQuery, Tag,
+};
+
+/// Bounds every query; FalkorDB answers the store's queries in milliseconds.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: [&str; 4] = [
+    "CREATE INDEX FOR (f:File) ON (f.name)",
+    "CREATE INDEX FOR (f:File) ON (f.tagged)",
+    "CREATE INDEX FOR (f:File) ON (f.kind)",
+    "CREATE INDEX FOR (t:Tag) ON (t.name)",
+];
+const FILE_FIELDS: &str = "f.name, f.size, f.sha256, f.kind, f.uploaded";
+const PRUNE_TAGS: &str = "MATCH (t:Tag) WHERE NOT (t)<-[:TAGGED]-() DELETE t";
+const TAGS_OF: &str = "MATCH (f:File {name: $name}) OPTIONAL MATCH (f)-[r:TAGGED]->(t:Tag)
+     RETURN t.name, r.score ORDER BY r.score DESC, t.name";
+
+/// A Cypher parameter value.
+#[derive(Debug, Clone, PartialEq)]
+enum Param {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    List(Vec<Param>),
+    /// A map literal; the keys are identifiers chosen by this module.
+    Map(Vec<(&'static str, Param)>),
+}
+
+impl Param {
+    fn str(s: &str) -> Self {
+        Self::Str(s.to_owned())
+    }
+
+    /// Appends the value as a Cypher literal: strings double-quoted with `\` and `"` escaped
+    /// (the server reads backslash escapes), floats in plain decimal notation.
+    fn encode(&self, out: &mut String) -> Result<()> {
+        match self {
+            Param::Str(s) => {
+                if s.contains('\0') {
+                    return Err(Error::Unavailable(
+                        "FalkorDB cannot store strings containing NUL bytes".to_owned(),
+                    ));
+                }
+                out.push('"');
+                for c in s.chars() {
+                    if matches!(c, '"' | '\\') {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            Param::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Param::Float(f) if f.is_finite() => {
+                let _ = write!(out, "{f:?}");
+            }
+            Param::Float(_) => out.push_str("0.0"),
+            Param::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.encode(out)?;
+                }
+                out.push(']');
+            }
+            Param::Map(entries) => {
+                out.push('{');
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(key);
+                    out.push(':');
+                    value.encode(out)?;
+                }
+                out.push('}');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parameter header plus the query: `CYPHER a=1 b="x" MATCH …`.
+fn parameterised(query: &str, params: &[(&str, Param)]) -> Result<String> {
+    let mut text = String::from("CYPHER ");
+    for (name, value) in params {
+        text.push_str(name);
+        text.push('=');
+        value.encode(&mut text)?;
+        text.push(' ');
+    }
+    text.push_str(query);
+    Ok(text)
+}
+
+/// A parsed `GRAPH.QUERY` reply.
+#[derive(Debug, Default)]
+struct Reply {
+    rows: Vec<Vec<Value>>,
+    stats: Vec<String>,
+}
+
+impl Reply {
+    fn parse(value: Value) -> Result<Self> {
+        let Value::Array(mut parts) = value else {
+            return Err(bad_reply("the reply is not an array"));
+        };
+        let stats = match parts.pop() {
+            Some(Value::Array(stats)) => stats.into_iter().filter_map(|s| text(s).ok()).collect(),
+            _ => return Err(bad_reply("the reply has no statistics")),
+        };
+        let rows = match parts.pop() {
+            Some(Value::Array(rows)) => rows
+                .into_iter()
+                .map(|row| match row {
+                    Value::Array(cells) => Ok(cells),
+                    _ => Err(bad_reply("a row is not an array")),
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => return Err(bad_reply("the rows are not an array")),
+            None => Vec::new(),
+        };
+        Ok(Self { rows, stats })
+    }
+
+    /// A counter of the statistics, e.g. `Nodes deleted`.
+    fn stat(&self, name: &str) -> u64 {
+        self.stats
+            .iter()
+            .filter_map(|s| s.strip_prefix(name)?.strip_prefix(':'))
+            .find_map(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn bad_reply(what: &str) -> Error {
+    Error::Unavailable(format!("unexpected FalkorDB reply: {what}"))
+}
+
+fn text(value: Value) -> Result<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).map_err(|_| bad_reply("non-UTF-8")),
+        Value::SimpleString(s) => Ok(s),
+        other => Err(bad_reply(&format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn int(value: Value) -> Result<i64> {
+    match value {
+        Value::Int(i) => Ok(i),
+        other => text(other)?
+            .parse()
+            .map_err(|_| bad_reply("expected an integer")),
+    }
+}
+
+fn float(value: Value) -> Result<f32> {
+    match value {
+        Value::Double(f) => Ok(f as f32),
+        Value::Int(i) => Ok(i as f32),
+        other => text(other)?
+            .parse::<f64>()
+            .map(|f| f as f32)
+            .map_err(|_| bad_reply("expected a number")),
+    }
+}
+
+fn cells<const N: usize>(row: Vec<Value>) -> Result<[Value; N]> {
+    row.try_into()
+        .map_err(|_| bad_reply(&format!("expected {N} columns")))
+}
+
+fn file_from_row(row: Vec<Value>) -> Result<FileMeta> {
+    let [name, size, sha256, kind, uploaded] = cells(row)?;
+    Ok(FileMeta {
+        name: text(name)?,
+        size: int(size)?.try_into().unwrap_or(0),
+        sha256: text(sha256)?,
+        kind: text(kind)?.parse().unwrap_or(FileKind::Other),
+        uploaded: int(uploaded)?,
+    })
+}
+
+fn edge_from_row(row: Vec<Value>) -> Result<(String, String, f32)> {
+    let [file, tag, score] = cells(row)?;
+    Ok((text(file)?, text(tag)?, float(score)?))
+}
+
+fn count(reply: Reply) -> Result<u64> {
+    let row = reply
+        .rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad_reply("no row"))?;
+    let [n] = cells(row)?;
+    Ok(int(n)?.unsigned_abs())
+}
+
+fn clamp(n: u64) -> Param {
+    Param::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The [`GraphStore`] on FalkorDB: one graph (a Redis key) holding `File` and `Tag` nodes.
+///
+/// Same semantics as [`crate::SqliteGraphStore`] (a shared conformance suite runs against both).
+/// A write that needs several queries repeats the content-hash check in each, so a concurrent
+/// re-upload never receives stale tags, and an interrupted `set_tags` leaves the file untagged,
+/// to be tagged again by the job's redelivery.
+#[derive(Debug, Clone)]
+pub struct FalkorGraphStore {
+    conn: ConnectionManager,
+    graph: String,
+    url: String,
+    schema_ready: std::sync::Arc<AtomicBool>,
+}
+
+impl FalkorGraphStore {
+    /// A store for graph `graph` on the server at `url` (`redis://HOST:PORT`); connects lazily,
+    /// so this fails only for a malformed URL.
+    pub fn new(url: &str, graph: &str) -> Result<Self> {
+        Ok(Self {
+            conn: connect(url, QUERY_TIMEOUT)?,
+            graph: graph.to_owned(),
+            url: redact(url),
+            schema_ready: std::sync::Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn raw_query(&self, text: String) -> Result<Reply> {
+        let mut conn = self.conn.clone();
+        let value: Value = redis::cmd("GRAPH.QUERY")
+            .arg(&self.graph)
+            .arg(text)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| Error::Unavailable(format!("FalkorDB at {}: {e}", self.url)))?;
+        Reply::parse(value)
+    }
+
+    async fn query(&self, query: &str, params: &[(&str, Param)]) -> Result<Reply> {
+        if !self.schema_ready.load(Ordering::Acquire) {
+            for index in SCHEMA {
+                match self.raw_query(index.to_owned()).await {
+                    Err(Error::Unavailable(e)) if e.contains("already indexed") => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            self.schema_ready.store(true, Ordering::Release);
+        }
+        self.raw_query(parameterised(query, params)?).await
+    }
+
+    async fn tags(&self, name: &str) -> Result<Option<Vec<Tag>>> {
+        let reply = self.query(TAGS_OF, &[("name", Param::str(name))]).await?;
+        if reply.rows.is_empty() {
+            return Ok(None);
+        }
+        let mut tags = Vec::new();
+        for row in reply.rows {
+            let [tag, score] = cells(row)?;
+            if tag != Value::Nil {
+                tags.push(Tag::new(text(tag)?, float(score)?));
+            }
+        }
+        Ok(Some(tags))
+    }
+
+    async fn search_inner(&self, query: &SearchQuery) -> Result<SearchPage> {
+        let tags: BTreeSet<&str> = query.tags.iter().map(String::as_str).collect();
+        let mut params = Vec::new();
+        let mut conditions = Vec::new();
+        if let Some(name) = &query.name {
+            conditions.push("f.lname CONTAINS $name");
+            params.push(("name", Param::Str(name.to_ascii_lowercase())));
+        }
+        if let Some(kind) = query.kind {
+            conditions.push("f.kind = $kind");
+            params.push(("kind", Param::str(kind.as_str())));
+        }
+        let mut matching = if tags.is_empty() {
+            String::from("MATCH (f:File)")
+        } else {
+            params.push((
+                "tags",
+                Param::List(tags.iter().map(|t| Param::str(t)).collect()),
+            ));
+            params.push(("ntags", clamp(tags.len() as u64)));
+            conditions.insert(0, "n = $ntags");
+            String::from(
+                "MATCH (f:File)-[:TAGGED]->(t:Tag) WHERE t.name IN $tags \
+                 WITH f, count(DISTINCT t) AS n",
+            )
+        };
+        if !conditions.is_empty() {
+            matching.push_str(" WHERE ");
+            matching.push_str(&conditions.join(" AND "));
+        }
+        let total = count(
+            self.query(&format!("{matching} RETURN count(f)"), &params)
+                .await?,
+        )?;
+        params.push(("offset", clamp(query.offset)));
+        params.push(("limit", clamp(query.limit)));
+        let reply = self
+            .query(
+                &format!(
+                    "{matching} RETURN {FILE_FIELDS} ORDER BY f.name SKIP $offset LIMIT $limit"
+                ),
+                &params,
+            )
+            .await?;
+        let files = reply
+            .rows
+            .into_iter()
+            .map(file_from_row)
+            .collect::<Result<_>>()?;
+        Ok(SearchPage { files, total })
+    }
+
+    async fn neighbourhood_inner(&self, center: GraphCenter, limit: u64) -> Result<Option<Graph>> {
+        let mut graph = Graph::default();
+        let mut seen = BTreeSet::new();
+        match center {
+            GraphCenter::File(name) => {
+                let Some(own) = self.tags(&name).await? else {
+                    return Ok(None);
+                };
+                let node = GraphNode::file(&name);
+                seen.insert(node.id.clone());
+                graph.nodes.push(node);
+                let own = own
+                    .into_iter()
+                    .map(|t| (name.clone(), t.tag, t.score))
+                    .collect();
+                add_edges(&mut graph, &mut seen, own);
+                let reply = self
+                    .query(
+                        "MATCH (c:File {name: $name})-[:TAGGED]->(:Tag)<-[:TAGGED]-(n:File)
+                         WHERE n <> c WITH DISTINCT n ORDER BY n.name LIMIT $limit
+                         MATCH (c2:File {name: $name})-[:TAGGED]->(t:Tag)<-[r:TAGGED]-(n)
+                         RETURN n.name, t.name, r.score ORDER BY n.name, r.score DESC, t.name",
+                        &[("name", Param::Str(name)), ("limit", clamp(limit))],
+                    )
+                    .await?;
+                add_edges(&mut graph, &mut seen, edges(reply)?);
+            }
+            GraphCenter::Tag(tag) => {
+                let exists = self
+                    .query(
+                        "MATCH (t:Tag {name: $tag}) RETURN count(t)",
+                        &[("tag", Param::str(&tag))],
+                    )
+                    .await?;
+                if count(exists)? == 0 {
+                    return Ok(None);
+                }
+                let node = GraphNode::tag(&tag);
+                seen.insert(node.id.clone());
+                graph.nodes.push(node);
+                let reply = self
+                    .query(
+                        "MATCH (:Tag {name: $tag})<-[c:TAGGED]-(f:File)
+                         WITH f, c ORDER BY c.score DESC, f.name LIMIT $limit
+                         MATCH (f)-[r:TAGGED]->(t:Tag)
+                         RETURN f.name, t.name, r.score
+                         ORDER BY f.name, CASE WHEN t.name = $tag THEN 0 ELSE 1 END,
+                                  r.score DESC, t.name",
+                        &[("tag", Param::Str(tag)), ("limit", clamp(limit))],
+                    )
+                    .await?;
+                add_edges(&mut graph, &mut seen, edges(reply)?);
+            }
+        }
+        Ok(Some(graph))
+    }
+
+    async fn set_tags_inner(&self, name: &str, sha256: &str, tags: Vec<Tag>) -> Result<bool> {
+        let key = [("name", Param::str(name)), ("sha", Param::str(sha256))];
+        let cleared = self
+            .query(
+                "MATCH (f:File {name: $name}) WHERE f.sha256 = $sha
+                 OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r
+                 RETURN count(DISTINCT f)",
+                &key,
+            )
+            .await?;
+        if count(cleared)? == 0 {
+            return Ok(false);
+        }
+        // The best score of each distinct tag, as SQLite's ON CONFLICT keeps it.
+        let mut best: BTreeMap<String, f32> = BTreeMap::new();
+        for tag in tags {
+            let score = best.entry(tag.tag).or_insert(tag.score);
+            *score = score.max(tag.score);
+        }
+        let list = best
+            .into_iter()
+            .map(|(tag, score)| {
+                Param::Map(vec![
+                    ("tag", Param::Str(tag)),
+                    ("score", Param::Float(f64::from(score))),
+                ])
+            })
+            .collect();
+        let mut params = key.to_vec();
+        params.push(("tags", Param::List(list)));
+        self.query(
+            "MATCH (f:File {name: $name}) WHERE f.sha256 = $sha
+             UNWIND $tags AS tag MERGE (t:Tag {name: tag.tag})
+             MERGE (f)-[e:TAGGED]->(t) SET e.score = tag.score",
+            &params,
+        )
+        .await?;
+        let marked = self
+            .query(
+                "MATCH (f:File {name: $name}) WHERE f.sha256 = $sha
+                 SET f.tagged = true RETURN count(f)",
+                &key,
+            )
+            .await?;
+        self.query(PRUNE_TAGS, &[]).await?;
+        Ok(count(marked)? > 0)
+    }
+}
+
+fn edges(reply: Reply) -> Result<Vec<(String, String, f32)>> {
+    reply.rows.into_iter().map(edge_from_row).collect()
+}
+
+impl GraphStore for FalkorGraphStore {
+    fn upsert_file(&self, meta: FileMeta) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.query(
+                "MERGE (f:File {name: $name})
+                 SET f.size = $size, f.sha256 = $sha, f.kind = $kind, f.uploaded = $uploaded,
+                     f.lname = $lname, f.tagged = false
+                 WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r",
+                &[
+                    ("name", Param::str(&meta.name)),
+                    ("size", clamp(meta.size)),
+                    ("sha", Param::Str(meta.sha256)),
+                    ("kind", Param::str(meta.kind.as_str())),
+                    ("uploaded", Param::Int(meta.uploaded)),
+                    ("lname", Param::Str(meta.name.to_ascii_lowercase())),
+                ],
+            )
+            .await?;
+            self.query(PRUNE_TAGS, &[]).await?;
+            Ok(())
+        })
+    }
+
+    fn get_file<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<FileMeta>>> {
+        Box::pin(async move {
+            let reply = self
+                .query(
+                    &format!("MATCH (f:File {{name: $name}}) RETURN {FILE_FIELDS}"),
+                    &[("name", Param::str(name))],
+                )
+                .await?;
+            reply.rows.into_iter().next().map(file_from_row).transpose()
+        })
+    }
+
+    fn remove_file<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let reply = self
+                .query(
+                    "MATCH (f:File {name: $name}) DETACH DELETE f",
+                    &[("name", Param::str(name))],
+                )
+                .await?;
+            self.query(PRUNE_TAGS, &[]).await?;
+            Ok(reply.stat("Nodes deleted") > 0)
+        })
+    }
+
+    fn set_tags<'a>(
+        &'a self,
+        name: &'a str,
+        sha256: &'a str,
+        tags: Vec<Tag>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(self.set_tags_inner(name, sha256, tags))
+    }
+
+    fn tags_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<Tag>>>> {
+        Box::pin(self.tags(name))
+    }
+
+    fn search<'a>(&'a self, query: &'a SearchQuery) -> BoxFuture<'a, Result<SearchPage>> {
+        Box::pin(self.search_inner(query))
+    }
+
+    fn neighbourhood(
+        &self,
+        center: GraphCenter,
+        limit: u64,
+    ) -> BoxFuture<'_, Result<Option<Graph>>> {
+        Box::pin(self.neighbourhood_inner(center, limit))
+    }
+
+    fn untagged(&self, limit: u64) -> BoxFuture<'_, Result<Vec<FileMeta>>> {
+        Box::pin(async move {
+            let reply = self
+                .query(
+                    &format!(
+                        "MATCH (f:File) WHERE f.tagged = false
+                         RETURN {FILE_FIELDS} ORDER BY f.uploaded, f.name LIMIT $limit"
+                    ),
+                    &[("limit", clamp(limit))],
+                )
+                .await?;
+            reply.rows.into_iter().map(file_from_row).collect()
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<(u64, u64)>> {
+        Box::pin(async move {
+            let reply = self
+                .query(
+                    "OPTIONAL MATCH (f:File) WITH count(f) AS files
+                     OPTIONAL MATCH (t:Tag) RETURN files, count(t)",
+                    &[],
+                )
+                .await?;
+            let row = reply
+                .rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad_reply("no row"))?;
+            let [files, tags] = cells(row)?;
+            Ok((int(files)?.unsigned_abs(), int(tags)?.unsigned_abs()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_escaped_literals() {
+        let text = parameterised(
+            "RETURN $s",
+            &[
+                ("s", Param::str("a\"b\\c $x'}")),
+                ("n", Param::Int(-3)),
+                ("f", Param::Float(1e-7)),
+                (
+                    "l",
+                    Param::List(vec![Param::Map(vec![("tag", Param::str("x"))])]),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "CYPHER s=\"a\\\"b\\\\c $x'}\" n=-3 f=1e-7 l=[{tag:\"x\"}] RETURN $s"
+        );
+        assert!(matches!(
+            parameterised("RETURN 1", &[("s", Param::str("a\0b"))]),
+            Err(Error::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn replies_parse_rows_and_statistics() {
+        let reply = Reply::parse(Value::Array(vec![
+            Value::Array(vec![Value::BulkString(b"x".to_vec())]),
+            Value::Array(vec![Value::Array(vec![Value::Int(7)])]),
+            Value::Array(vec![Value::BulkString(b"Nodes deleted: 2".to_vec())]),
+        ]))
+        .unwrap();
+        assert_eq!(reply.stat("Nodes deleted"), 2);
+        assert_eq!(reply.stat("Nodes created"), 0);
+        assert_eq!(count(reply).unwrap(), 7);
+        assert!(Reply::parse(Value::Int(1)).is_err());
+    }
+}
