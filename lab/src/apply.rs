@@ -23,6 +23,7 @@ use lab_netlink::{Netem, Netlink, Probability, Route, Veth};
 use tokio::sync::OnceCell;
 
 use crate::{
+    node::{NetnsNode, Node as _},
     state::{LabState, Phase, StateDir},
     topology::{Impairment, Netns, Plan, Step, Undo, lab_tag},
 };
@@ -118,6 +119,65 @@ pub async fn down(
         }
     }
     Ok(labs)
+}
+
+/// A change to one interface of a lab that is up.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkChange {
+    /// Set the interface administratively up.
+    Up,
+    /// Set it down (its peer sees carrier loss).
+    Down,
+    /// Replace its egress impairment.
+    Impair(Impairment),
+    /// Remove its egress impairment.
+    Clear,
+}
+
+/// Applies `change` to device `dev` in namespace `ns` of `plan`'s lab. Setting a link down
+/// makes the kernel drop the routes through it, so `Up` puts back the plan's routes of that
+/// namespace (those still present are left alone).
+pub async fn change_link(
+    plan: &Plan,
+    ns: &Netns,
+    dev: &str,
+    change: &LinkChange,
+) -> Result<(), Error> {
+    let conn = match named(ns)? {
+        Some(ns) => ns.connect()?,
+        None => Netlink::current()?,
+    };
+    match change {
+        LinkChange::Up => {
+            conn.set_up(dev).await?;
+            for step in &plan.steps {
+                if let Step::AddRoute {
+                    ns: route_ns,
+                    to,
+                    via,
+                } = step
+                    && route_ns == ns
+                {
+                    let network = to.network();
+                    let route = Route::new(network.addr, network.prefix).via(*via);
+                    match conn.add_route(&route).await {
+                        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        LinkChange::Down => conn.set_down(dev).await?,
+        LinkChange::Impair(impairment) => {
+            let index = conn.link_index(dev).await?;
+            conn.set_netem(index, &to_netem(impairment)?).await?;
+        }
+        LinkChange::Clear => {
+            let index = conn.link_index(dev).await?;
+            conn.delete_root_qdisc(index).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes everything `plan` makes, then its state file.
@@ -464,9 +524,21 @@ impl Executor {
                 let route = Route::new(network.addr, network.prefix).via(*via);
                 self.connection(ns).await?.add_route(&route).await
             }
-            Step::Exec { ns, command, .. } => {
+            Step::Exec { ns, node, command } => {
+                let args = vec!["-c".to_owned(), command.clone()];
+                let node = match ns {
+                    Netns::Named(netns) => Some(NetnsNode::new(node, netns)),
+                    Netns::Root => None,
+                };
                 let command = command.clone();
-                in_namespace(ns, move || run_shell(&command)).await
+                blocking(move || {
+                    let output = match node {
+                        Some(node) => node.run("sh", &args),
+                        None => Command::new("sh").args(&args).output(),
+                    };
+                    check_output(&command, output)
+                })
+                .await
             }
         }
     }
@@ -500,12 +572,12 @@ async fn blocking(
         .map_err(|e| io_error("a blocking task", std::io::Error::other(e.to_string())))?
 }
 
-/// Runs `command` with `sh -c` in the calling thread's namespace; fails with its stderr.
-fn run_shell(command: &str) -> Result<(), lab_netlink::Error> {
-    let out = Command::new("sh")
-        .args(["-c", command])
-        .output()
-        .map_err(|e| io_error(format!("run `{command}`"), e))?;
+/// Turns a shell command's outcome into an error carrying its stderr when it failed.
+fn check_output(
+    command: &str,
+    output: std::io::Result<std::process::Output>,
+) -> Result<(), lab_netlink::Error> {
+    let out = output.map_err(|e| io_error(format!("run `{command}`"), e))?;
     if out.status.success() {
         return Ok(());
     }

@@ -1,5 +1,11 @@
 //! The DisGraFS eBPF Lab harness: topology files, nodes, scenarios, measurements, reports.
 
 pub mod apply;
+pub mod measure;
+pub mod node;
+pub mod report;
+mod rng;
+pub mod scenario;
 pub mod state;
 pub mod topology;
+pub mod workloads;

@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::os::unix::process::CommandExt as _;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use lab::apply;
-use lab::state::{DEFAULT_STATE_DIR, StateDir};
-use lab::topology::{self, LoadError, Plan, PlanOptions, Prefix, Step};
+use lab::apply::{self, LinkChange};
+use lab::node::{NetnsNode, Node as _};
+use lab::state::{DEFAULT_STATE_DIR, LabState, StateDir};
+use lab::topology::{self, Impairment, LoadError, Plan, PlanOptions, Prefix, Step};
 use miette::GraphicalReportHandler;
 
 const EXIT_CODES: &str = "\
@@ -53,6 +53,72 @@ enum Command {
     /// Run a command inside a node's network namespace (entered with setns: /sys and bpffs
     /// stay as they are).
     Exec(ExecArgs),
+    /// Change a link of a lab that is up: impairments, or down/up (e.g. to simulate a flap).
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Link(LinkCommand),
+    /// Print the ratios of report B against report A, per variant and metric, with 95 %
+    /// bootstrap confidence intervals.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum LinkCommand {
+    /// Replace the egress impairment of NODE:IFACE (netem); with no option, remove it.
+    Set {
+        #[command(flatten)]
+        target: LinkTarget,
+        /// Added delay, e.g. 5ms.
+        #[arg(long)]
+        delay: Option<topology::Nanos>,
+        /// Delay variation, e.g. 100us.
+        #[arg(long)]
+        jitter: Option<topology::Nanos>,
+        /// Loss, e.g. 1%.
+        #[arg(long)]
+        loss: Option<topology::Percent>,
+        /// Duplication, e.g. 0.1%.
+        #[arg(long)]
+        duplicate: Option<topology::Percent>,
+        /// Reordering (needs a delay), e.g. 5%.
+        #[arg(long)]
+        reorder: Option<topology::Percent>,
+        /// Corruption, e.g. 0.01%.
+        #[arg(long)]
+        corrupt: Option<topology::Percent>,
+        /// Rate limit, e.g. 100mbit.
+        #[arg(long)]
+        rate: Option<topology::Rate>,
+    },
+    /// Set NODE:IFACE down.
+    Down {
+        #[command(flatten)]
+        target: LinkTarget,
+    },
+    /// Set NODE:IFACE up.
+    Up {
+        #[command(flatten)]
+        target: LinkTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LinkTarget {
+    /// The interface, as NODE:IFACE from the topology file.
+    endpoint: String,
+    /// The lab (needed only when several are up).
+    #[arg(long)]
+    lab: Option<String>,
+    /// Start of every kernel name.
+    #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
+    prefix: Prefix,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Report A (the baseline): a `report.json` or the directory holding it.
+    a: PathBuf,
+    /// Report B.
+    b: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +180,8 @@ fn main() -> ExitCode {
         Command::Down(args) => down(&args, &states),
         Command::Status(args) => status(&args, &states),
         Command::Exec(args) => exec(&args, &states),
+        Command::Link(command) => link(command, &states),
+        Command::Compare(args) => compare(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -275,33 +343,42 @@ fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {
     write_stdout(&text)
 }
 
-fn exec(args: &ExecArgs, states: &StateDir) -> Result<(), u8> {
-    let fail = |message: String| {
-        eprintln!("error: {message}");
-        FAILURE
-    };
+fn fail(message: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {message}");
+    FAILURE
+}
+
+fn invalid(message: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {message}");
+    INVALID
+}
+
+/// The state of the lab `lab` names, or of the only lab that is up.
+fn lab_state(states: &StateDir, prefix: &Prefix, lab: Option<&str>) -> Result<LabState, u8> {
     let labs = states
-        .list(args.prefix.as_str())
+        .list(prefix.as_str())
         .map_err(|e| fail(format!("reading lab state: {e}")))?;
-    let state = match &args.lab {
-        Some(name) => labs.iter().find(|s| &s.plan.lab == name),
-        None if labs.len() == 1 => labs.first(),
-        None if labs.is_empty() => return Err(fail("no lab is up".to_owned())),
+    let names: Vec<&str> = labs.iter().map(|s| s.plan.lab.as_str()).collect();
+    let chosen = match lab {
+        Some(name) => labs
+            .iter()
+            .position(|s| s.plan.lab == name)
+            .ok_or_else(|| fail(format!("lab {name} is not up (up: {})", names.join(", "))))?,
+        None if labs.len() == 1 => 0,
+        None if labs.is_empty() => return Err(fail("no lab is up")),
         None => {
-            let names: Vec<&str> = labs.iter().map(|s| s.plan.lab.as_str()).collect();
             return Err(fail(format!(
                 "several labs are up ({}): choose one with --lab",
                 names.join(", ")
             )));
         }
-    }
-    .ok_or_else(|| {
-        fail(format!(
-            "lab {} is not up",
-            args.lab.as_deref().unwrap_or_default()
-        ))
-    })?;
-    let (ns, _) = namespaces_of(&state.plan)
+    };
+    Ok(labs.into_iter().nth(chosen).expect("index from position"))
+}
+
+fn exec(args: &ExecArgs, states: &StateDir) -> Result<(), u8> {
+    let state = lab_state(states, &args.prefix, args.lab.as_deref())?;
+    let (ns, node) = namespaces_of(&state.plan)
         .find(|(_, node)| *node == args.node)
         .ok_or_else(|| {
             let nodes: Vec<&str> = namespaces_of(&state.plan).map(|(_, n)| n).collect();
@@ -312,17 +389,65 @@ fn exec(args: &ExecArgs, states: &StateDir) -> Result<(), u8> {
                 nodes.join(", ")
             ))
         })?;
-    let file = std::fs::File::open(format!("/run/netns/{ns}"))
-        .map_err(|e| fail(format!("namespace {ns}: {e}")))?;
-    rustix::thread::move_into_link_name_space(
-        std::os::fd::AsFd::as_fd(&file),
-        Some(rustix::thread::LinkNameSpaceType::Network),
-    )
-    .map_err(|e| fail(format!("setns into {ns}: {e}")))?;
-    let error = std::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .exec();
+    let error = NetnsNode::new(node, ns).exec(&args.command[0], &args.command[1..]);
     Err(fail(format!("cannot run {}: {error}", args.command[0])))
+}
+
+fn link(command: LinkCommand, states: &StateDir) -> Result<(), u8> {
+    let (target, change) = match command {
+        LinkCommand::Set {
+            target,
+            delay,
+            jitter,
+            loss,
+            duplicate,
+            reorder,
+            corrupt,
+            rate,
+        } => {
+            let impairment = Impairment {
+                delay,
+                jitter,
+                loss,
+                duplicate,
+                reorder,
+                corrupt,
+                rate,
+            };
+            let change = if impairment.is_none() {
+                LinkChange::Clear
+            } else {
+                LinkChange::Impair(impairment)
+            };
+            (target, change)
+        }
+        LinkCommand::Down { target } => (target, LinkChange::Down),
+        LinkCommand::Up { target } => (target, LinkChange::Up),
+    };
+    let state = lab_state(states, &target.prefix, target.lab.as_deref())?;
+    let Some((node, iface)) = target.endpoint.split_once(':') else {
+        return Err(invalid(format!("{}: expected NODE:IFACE", target.endpoint)));
+    };
+    let end = state
+        .plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateVeth { a, b, .. } => Some([a, b]),
+            _ => None,
+        })
+        .flatten()
+        .find(|end| end.node == node && end.iface == iface)
+        .ok_or_else(|| {
+            fail(format!(
+                "lab {} has no link endpoint {}",
+                state.plan.lab, target.endpoint
+            ))
+        })?;
+    runtime()?
+        .block_on(apply::change_link(&state.plan, &end.ns, &end.dev, &change))
+        .map_err(|e| apply_error(&e))?;
+    write_stdout(&format!("{}: {change:?}\n", target.endpoint))
 }
 
 fn plan(args: &PlanArgs) -> Result<(), u8> {
@@ -347,4 +472,20 @@ fn write_stdout(text: &str) -> Result<(), u8> {
         }
         _ => Ok(()),
     }
+}
+
+fn compare(args: &CompareArgs) -> Result<(), u8> {
+    let read = |path: &std::path::Path| {
+        lab::report::Report::read(path).map_err(|e| {
+            eprintln!("error: cannot read the report {e}");
+            INVALID
+        })
+    };
+    let (a, b) = (read(&args.a)?, read(&args.b)?);
+    let lines = lab::report::compare(&a, &b);
+    if lines.is_empty() {
+        eprintln!("error: the two reports have no variant and metric in common");
+        return Err(INVALID);
+    }
+    write_stdout(&lab::report::comparison_text(&lines))
 }

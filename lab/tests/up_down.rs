@@ -308,3 +308,32 @@ fn invalid_topology_exits_2_and_creates_nothing() -> anyhow::Result<()> {
     assert!(lab.namespaces_left()?.is_empty());
     Ok(())
 }
+
+#[test]
+fn link_down_and_up_cut_and_restore_traffic() -> anyhow::Result<()> {
+    let lab = TestLab::new("line-3")?;
+    lab.up()?;
+    let client = lab.ns("client");
+    ping(&client, "10.78.2.2")?;
+    lab.lab_ok(&["link", "down", "server:eth0", "--lab", &lab.name])?;
+    assert!(
+        ping(&client, "10.78.2.2").is_err(),
+        "traffic crossed a link that is down"
+    );
+    lab.lab_ok(&["link", "up", "server:eth0", "--lab", &lab.name])?;
+    ping(&client, "10.78.2.2")?;
+
+    let bad = lab.lab(&["link", "down", "server:eth9", "--lab", &lab.name])?;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no link endpoint server:eth9"),
+        "{bad:?}"
+    );
+    let bad = lab.lab(&["link", "set", "server:eth0", "--delay", "5 parsecs"])?;
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a bad unit is a usage error: {bad:?}"
+    );
+    Ok(())
+}

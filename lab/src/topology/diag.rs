@@ -255,6 +255,11 @@ impl Diagnostics {
         self.items.iter()
     }
 
+    /// Appends the diagnostics of another file.
+    pub(crate) fn extend(&mut self, other: Diagnostics) {
+        self.items.extend(other.items);
+    }
+
     /// The number of errors (warnings not counted).
     pub fn error_count(&self) -> usize {
         self.items

@@ -27,13 +27,13 @@
 //! ```
 
 mod clab;
-mod diag;
+pub(crate) mod diag;
 mod model;
 mod plan;
-mod toml_file;
+pub(crate) mod toml_file;
 mod units;
-mod validate;
-mod value;
+pub(crate) mod validate;
+pub(crate) mod value;
 
 use std::path::{Path, PathBuf};
 use std::{fmt, io};
@@ -43,7 +43,7 @@ pub use model::{
     Addressing, Endpoint, Format, Impairment, Link, Node, NodeKind, Pools, Route, Topology,
 };
 pub use plan::{Netns, Plan, PlanOptions, Prefix, Step, Undo, VethEnd, lab_tag};
-pub use units::{Cidr, Nanos, Percent, Rate};
+pub use units::{Cidr, DURATION_UNITS, Nanos, Percent, Rate};
 
 /// A checked topology and the warnings found while reading it.
 #[derive(Debug)]

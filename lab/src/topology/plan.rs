@@ -297,6 +297,9 @@ impl Plan {
             });
             steps.push(sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0"));
             steps.push(sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0"));
+            // IPv6 addresses survive `lab link down`/`up`, as IPv4 ones do.
+            steps.push(sysctl(&ns, "net.ipv6.conf.all.keep_addr_on_down", "1"));
+            steps.push(sysctl(&ns, "net.ipv6.conf.default.keep_addr_on_down", "1"));
             if node.forwarding {
                 steps.push(sysctl(&ns, "net.ipv4.ip_forward", "1"));
                 steps.push(sysctl(&ns, "net.ipv6.conf.all.forwarding", "1"));

@@ -321,7 +321,8 @@ fn addresses(value: &Value, sink: &mut Sink) -> Option<Spanned<Vec<Vec<Spanned<C
     ok.then(|| Spanned::new(out, value.span))
 }
 
-fn impairments(value: &Value, sink: &mut Sink) -> Option<[Impairment; 2]> {
+/// Reads `impair`: one table for both directions, or one per endpoint.
+pub(crate) fn impairments(value: &Value, sink: &mut Sink) -> Option<[Impairment; 2]> {
     match &value.kind {
         Kind::Array(items) if items.len() == 2 => {
             Some([impairment(&items[0], sink)?, impairment(&items[1], sink)?])

@@ -1,0 +1,85 @@
+//! `report.md`: the report as tables.
+
+use std::fmt::Write;
+
+use super::{Env, Report};
+
+/// The report as Markdown: ratios first, then every repetition's metrics per variant.
+pub fn markdown(report: &Report, env: &Env) -> String {
+    let mut out = format!("# {}\n\n", report.scenario);
+    if !report.complete {
+        out += "**Incomplete: the run was interrupted; some repetitions are missing.**\n\n";
+    }
+    // Writing into a String cannot fail.
+    let _ = writeln!(
+        out,
+        "Seed {} (the same file and seed give the same schedule) · schema {} · kernel {} · \
+         {} × {} · lab {}{}\n",
+        report.seed,
+        report.schema_version,
+        env.kernel,
+        env.cores,
+        env.cpu_model,
+        env.lab_version,
+        env.git_rev
+            .as_ref()
+            .map_or(String::new(), |r| format!(" · git {r}")),
+    );
+    if let Some(base) = report.variants.first() {
+        let _ = writeln!(
+            out,
+            "## Ratios against `{}`\n\nMean over repetitions, with a 95 % bootstrap \
+             confidence interval.\n\n| variant | metric | ratio | 95 % CI |\n|---|---|---:|---:|",
+            base.name
+        );
+        for (variant, metrics) in &report.ratios {
+            for (metric, ci) in metrics {
+                let _ = writeln!(
+                    out,
+                    "| {variant} | {metric} | {:.3} | {:.3} – {:.3} |",
+                    ci.ratio, ci.ci_low, ci.ci_high
+                );
+            }
+        }
+        out.push('\n');
+    }
+    for variant in &report.variants {
+        let metrics = variant.metrics();
+        let _ = writeln!(
+            out,
+            "## `{}`\n\n| repetition | {} |\n|---:|{}",
+            variant.name,
+            metrics.join(" | "),
+            "---:|".repeat(metrics.len())
+        );
+        for (i, repetition) in variant.repetitions.iter().enumerate() {
+            let cells: Vec<String> = metrics
+                .iter()
+                .map(|m| repetition.get(*m).map_or("–".to_owned(), |v| number(*v)))
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", i + 1, cells.join(" | "));
+        }
+        if !variant.cpu_busy.is_empty() {
+            let shares: Vec<String> = variant
+                .cpu_busy
+                .iter()
+                .enumerate()
+                .map(|(cpu, share)| format!("cpu{cpu} {:.0} %", share * 100.0))
+                .collect();
+            let _ = writeln!(out, "\nCPU busy: {}", shares.join(", "));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A value with 4 significant digits, without exponent for everyday magnitudes.
+fn number(value: f64) -> String {
+    let magnitude = if value == 0.0 {
+        0
+    } else {
+        value.abs().log10().floor() as i32
+    };
+    let decimals = (3 - magnitude).clamp(0, 6) as usize;
+    format!("{value:.decimals$}")
+}

@@ -1,0 +1,379 @@
+//! Scenario files → checked [`Scenario`] → [`schedule`] of measured runs.
+//!
+//! A scenario names a topology and says what to measure on it: the variants to compare (each a
+//! set of accelerators and link impairments), the workloads, the services to deploy and an
+//! optional timeline of link events. It is read with the same diagnostics as topology files
+//! (every problem reported, each pointing at `file:line:col`) and checked against its
+//! topology: nodes, interfaces and links it names must exist there.
+//!
+//! ```toml
+//! name = "baseline-rr"                 # [a-z0-9_-], at most 32 bytes
+//! topology = "topologies/two-hosts.toml"   # relative to this file; or an inline table
+//! seed = 7                             # default 0: drives the variant order
+//! repetitions = 5                      # default 5
+//! warmup = "1s"                        # default 1s: unmeasured load before the first run
+//! window = "5s"                        # default 5s: workloads' default duration
+//! [deploy]                             # services per node
+//! server = ["redis"]                   # redis, juicefs, falkordb, disgrafs-server, disgrafs-tagger
+//! [[variants]]                         # at least one; ratios are against the first
+//! name = "clean"
+//! impair = { "client:eth0" = {} }      # replaces the impairment of the link with this
+//!                                      # endpoint for this variant ({} = none; or one table
+//!                                      # per endpoint: [{...}, {...}])
+//! [[variants]]
+//! name = "netem-1ms"
+//! impair = { "client:eth0" = { delay = "1ms" } }
+//! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", mode = "auto" }]
+//! [[workloads]]
+//! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
+//! from = "client"                      # the node that runs the client
+//! to = "server:5201"                   # the node that runs the server, and its port
+//! size = 64                            # tcp_rr: request = response = size (or `request`,
+//!                                      # `response`); `connections` (default 1)
+//! duration = "5s"                      # default: `window`
+//! from_cpus = [0]                      # CPUs for the client's threads (default: any)
+//! to_cpus = [1]                        # CPUs for the server's threads
+//! # tcp_stream: message (default 131072), write (default = message), connections
+//! # udp_echo:   pps (offered packets/s, default 10000), size (default 64)
+//! # http:       method ("GET" | "PUT"), path (default "/"), size (default 4096), connections
+//! [[events]]                           # optional, in time order from the start of each run
+//! at = "2s"
+//! link = "client:eth0"                 # any endpoint of the link
+//! set = { loss = "5%" }                # an impairment as in `impair`, or "down" or "up"
+//! ```
+
+mod read;
+mod schedule;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::{fmt, io};
+
+use crate::topology::diag::Sink;
+use crate::topology::{Diagnostics, Impairment, Nanos, Span, Spanned, Topology};
+
+pub use schedule::{Slot, schedule};
+
+/// A checked scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its name (`[a-z0-9_-]`, at most 32 bytes).
+    pub name: Spanned<String>,
+    /// The topology it runs on.
+    pub topology: Topology,
+    /// The topology's file, or `None` when it is written inline.
+    pub topology_file: Option<PathBuf>,
+    /// Seed of every random choice (the variant order).
+    pub seed: u64,
+    /// How often each variant is measured.
+    pub repetitions: u32,
+    /// Unmeasured load before the first measured run.
+    pub warmup: Nanos,
+    /// Default duration of workloads.
+    pub window: Nanos,
+    /// The variants, in file order; ratios are against the first.
+    pub variants: Vec<Variant>,
+    /// The workloads, run together in every measured run.
+    pub workloads: Vec<Workload>,
+    /// Services to start, per node.
+    pub deploy: Vec<Deployment>,
+    /// Link events, in time order, relative to the start of each run.
+    pub events: Vec<Event>,
+}
+
+impl Scenario {
+    /// How long one measured run lasts: its longest workload.
+    pub fn run_length(&self) -> Nanos {
+        self.workloads
+            .iter()
+            .map(|w| w.duration)
+            .max()
+            .unwrap_or(self.window)
+    }
+
+    /// The order of the measured runs (see [`schedule`]).
+    pub fn schedule(&self) -> Vec<Slot> {
+        schedule(self.seed, self.repetitions, self.variants.len())
+    }
+}
+
+/// One configuration under comparison.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// Its name (`[a-z0-9_-]`, at most 32 bytes), unique in the scenario.
+    pub name: Spanned<String>,
+    /// Accelerators attached while it runs.
+    pub accelerators: Vec<Accelerator>,
+    /// Link impairments that replace the topology's while it runs.
+    pub impair: Vec<LinkImpairment>,
+}
+
+/// A link of the topology, named in the scenario by one of its endpoints.
+#[derive(Clone, Debug)]
+pub struct LinkRef {
+    /// The endpoint as written, `node:iface`.
+    pub endpoint: Spanned<String>,
+    /// The link's index in the topology's links.
+    pub index: usize,
+}
+
+/// Impairments of both directions of one link (egress of each end, in the link's order).
+#[derive(Clone, Debug)]
+pub struct LinkImpairment {
+    /// The link.
+    pub link: LinkRef,
+    /// Egress impairment of each end.
+    pub impair: [Impairment; 2],
+}
+
+/// An accelerator attached to a node.
+#[derive(Clone, Debug)]
+pub struct Accelerator {
+    /// The node it is attached in.
+    pub node: Spanned<String>,
+    /// Which accelerator, with its settings.
+    pub kind: AcceleratorKind,
+}
+
+/// The accelerators a scenario can attach, with their settings.
+#[derive(Clone, Debug)]
+pub enum AcceleratorKind {
+    /// Per-CPU packet counters on an interface (`accel::monitor`).
+    Monitor {
+        /// The interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// How the XDP program is attached.
+        mode: MonitorMode,
+    },
+}
+
+/// XDP attach mode of the monitor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MonitorMode {
+    /// Native when the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (SKB) mode.
+    Generic,
+}
+
+/// Names of the accelerator kinds, for help texts.
+pub const ACCELERATOR_KINDS: &[&str] = &["monitor"];
+
+/// A load generator between two nodes.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// The whole entry.
+    pub span: Span,
+    /// The node running the client.
+    pub from: Spanned<String>,
+    /// The server's node and address.
+    pub to: Target,
+    /// How long it runs in each measured run.
+    pub duration: Nanos,
+    /// CPUs for the client's threads (empty: not pinned).
+    pub from_cpus: Vec<usize>,
+    /// CPUs for the server's threads (empty: not pinned).
+    pub to_cpus: Vec<usize>,
+    /// What it does.
+    pub kind: WorkloadKind,
+}
+
+/// Where a workload's server listens.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The node.
+    pub node: Spanned<String>,
+    /// Its address (the node's first address, IPv4 first; loopback for a node without
+    /// addresses that is also the client) and the port.
+    pub addr: SocketAddr,
+}
+
+/// The kinds of workload and their parameters (sizes in bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// Request/response over TCP: each connection sends a request and waits for the response.
+    TcpRr {
+        /// Request size.
+        request: usize,
+        /// Response size.
+        response: usize,
+        /// Concurrent connections.
+        connections: usize,
+    },
+    /// A one-way TCP stream.
+    TcpStream {
+        /// Application message size.
+        message: usize,
+        /// Bytes per `write` call (at most `message`).
+        write: usize,
+        /// Concurrent connections.
+        connections: usize,
+    },
+    /// UDP datagrams echoed back by the server.
+    UdpEcho {
+        /// Offered datagrams per second.
+        pps: u64,
+        /// Datagram payload size.
+        size: usize,
+    },
+    /// HTTP requests to a service.
+    Http {
+        /// The method.
+        method: HttpMethod,
+        /// The request path.
+        path: String,
+        /// Body size of a PUT, expected size of a GET.
+        size: usize,
+        /// Concurrent connections.
+        connections: usize,
+    },
+}
+
+/// Names of the workload kinds, for help texts.
+pub const WORKLOAD_KINDS: &[&str] = &["tcp_rr", "tcp_stream", "udp_echo", "http"];
+
+/// HTTP methods of the `http` workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// Download.
+    Get,
+    /// Upload.
+    Put,
+}
+
+/// Services started on one node.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    /// The node.
+    pub node: Spanned<String>,
+    /// The services, in file order.
+    pub services: Vec<Spanned<Service>>,
+}
+
+/// The services the lab can deploy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Redis (the DisGraFS tag queue and JuiceFS metadata).
+    Redis,
+    /// A JuiceFS mount.
+    Juicefs,
+    /// FalkorDB (the graph store).
+    Falkordb,
+    /// The DisGraFS HTTP server.
+    DisgrafsServer,
+    /// A DisGraFS tagger worker.
+    DisgrafsTagger,
+}
+
+impl Service {
+    /// Every service, in the order of [`Service::name`]s in help texts.
+    pub const ALL: [Service; 5] = [
+        Service::Redis,
+        Service::Juicefs,
+        Service::Falkordb,
+        Service::DisgrafsServer,
+        Service::DisgrafsTagger,
+    ];
+
+    /// The name used in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Redis => "redis",
+            Service::Juicefs => "juicefs",
+            Service::Falkordb => "falkordb",
+            Service::DisgrafsServer => "disgrafs-server",
+            Service::DisgrafsTagger => "disgrafs-tagger",
+        }
+    }
+}
+
+/// A change to a link at a given time of each run.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// When, from the start of the run.
+    pub at: Spanned<Nanos>,
+    /// The link.
+    pub link: LinkRef,
+    /// What happens.
+    pub action: EventAction,
+}
+
+/// What an event does to its link.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventAction {
+    /// Replaces the impairment of each direction (egress of each end, in the link's order).
+    Impair(Box<[Impairment; 2]>),
+    /// Sets both ends down.
+    Down,
+    /// Sets both ends up.
+    Up,
+}
+
+/// A checked scenario and the warnings found while reading it and its topology.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Warnings (never errors), of the scenario file and then of the topology file.
+    pub warnings: Diagnostics,
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The scenario file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The scenario or its topology is invalid: at least one error, maybe warnings; those of
+    /// the scenario file come first.
+    Invalid(Diagnostics),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            LoadError::Invalid(d) => write!(f, "invalid scenario: {} error(s)", d.error_count()),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Reads and checks the scenario file at `path` and its topology.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&path.display().to_string(), &text, base).map_err(LoadError::Invalid)
+}
+
+/// Reads and checks a scenario from `text`; `name` is the file name shown in diagnostics and
+/// `base` the directory a topology path is relative to.
+pub fn parse(name: &str, text: &str, base: &Path) -> Result<Loaded, Diagnostics> {
+    let mut sink = Sink::default();
+    let mut topology_diagnostics = Diagnostics::default();
+    let scenario = crate::topology::value::from_toml(text, &mut sink)
+        .and_then(|root| read::read(&root, base, &mut sink, &mut topology_diagnostics));
+    let failed = sink.has_errors() || topology_diagnostics.error_count() > 0;
+    let mut diagnostics = sink.finish(name, text);
+    diagnostics.extend(topology_diagnostics);
+    match scenario {
+        Some(scenario) if !failed => Ok(Loaded {
+            scenario,
+            warnings: diagnostics,
+        }),
+        _ => Err(diagnostics),
+    }
+}

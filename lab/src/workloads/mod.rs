@@ -1,0 +1,175 @@
+//! Load generators: [`tcp_rr`], [`tcp_stream`] and [`udp_echo`].
+//!
+//! Each runs its server and client sides on threads of this process: every thread first enters
+//! its side's network namespace ([`Site::netns`], with `setns`) and pins itself to one of its
+//! side's CPUs ([`Site::cpus`], with `sched_setaffinity`, round robin over connections). They
+//! use blocking sockets, one thread per connection, so a generator adds no event loop of its
+//! own to what is measured. Every run is bounded: it stops after a duration or a count
+//! ([`Stop`]), all its threads are joined before it returns, and a side that stops answering
+//! for [`IDLE_TIMEOUT`] ends the run with an error instead of hanging it.
+
+mod tcp_rr;
+mod tcp_stream;
+mod udp_echo;
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use std::{fmt, io};
+
+use hdrhistogram::Histogram;
+use rustix::thread::{CpuSet, LinkNameSpaceType, move_into_link_name_space, sched_setaffinity};
+
+pub use tcp_rr::{TcpRr, TcpRrResult, tcp_rr};
+pub use tcp_stream::{TcpStream, TcpStreamResult, tcp_stream};
+pub use udp_echo::{UdpEcho, UdpEchoResult, udp_echo};
+
+/// How long a side waits for its peer before giving up.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Highest latency a histogram holds: 100 s, in nanoseconds (larger values are clamped).
+const MAX_LATENCY_NS: u64 = 100_000_000_000;
+
+/// Where one side of a workload runs.
+#[derive(Clone, Debug, Default)]
+pub struct Site {
+    /// The network namespace to enter (a file such as `/run/netns/NAME`); `None`: the caller's.
+    pub netns: Option<PathBuf>,
+    /// CPUs to pin threads to, round robin; empty: not pinned.
+    pub cpus: Vec<usize>,
+}
+
+impl Site {
+    /// Moves the calling thread into this site's namespace and onto CPU `cpus[index % len]`.
+    fn enter(&self, index: usize) -> Result<(), Error> {
+        if let Some(path) = &self.netns {
+            let file = File::open(path).context(|| format!("open {}", path.display()))?;
+            move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                .map_err(io::Error::from)
+                .context(|| format!("enter network namespace {}", path.display()))?;
+        }
+        self.pin(index)
+    }
+
+    /// Pins the calling thread onto CPU `cpus[index % len]`, if any CPUs are given.
+    fn pin(&self, index: usize) -> Result<(), Error> {
+        let Some(&cpu) = self.cpus.get(index % self.cpus.len().max(1)) else {
+            return Ok(());
+        };
+        if cpu >= CpuSet::MAX_CPU {
+            return Err(Error::new(
+                format!("pin a thread to CPU {cpu}"),
+                io::Error::from(io::ErrorKind::InvalidInput),
+            ));
+        }
+        let mut set = CpuSet::new();
+        set.set(cpu);
+        sched_setaffinity(None, &set)
+            .map_err(io::Error::from)
+            .context(|| format!("pin a thread to CPU {cpu}"))
+    }
+}
+
+/// When a workload stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// After this long (from the moment every connection is established).
+    After(Duration),
+    /// After this many round trips (tcp_rr), bytes (tcp_stream) or datagrams (udp_echo) per
+    /// connection.
+    Count(u64),
+}
+
+impl Stop {
+    /// Whether a side that started at `start` and has done `done` units is finished.
+    fn reached(self, start: Instant, done: u64) -> bool {
+        match self {
+            Stop::After(duration) => start.elapsed() >= duration,
+            Stop::Count(count) => done >= count,
+        }
+    }
+}
+
+/// Why a workload failed: what it was doing, and the system's error.
+#[derive(Debug)]
+pub struct Error {
+    context: String,
+    source: io::Error,
+}
+
+impl Error {
+    fn new(context: String, source: io::Error) -> Self {
+        Self { context, source }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.source)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Adds what was being done to an I/O error.
+trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|e| Error::new(what(), e))
+    }
+}
+
+/// A latency histogram in nanoseconds, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("1 ns to 100 s at 3 digits is valid")
+}
+
+/// Records `latency` into `histogram`, clamped to its range.
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+    histogram.saturating_record(ns.clamp(1, MAX_LATENCY_NS));
+}
+
+/// Joins a scoped thread's result; a panic becomes an error.
+fn join<T>(
+    handle: std::thread::ScopedJoinHandle<'_, Result<T, Error>>,
+    what: &str,
+) -> Result<T, Error> {
+    handle.join().unwrap_or_else(|_| {
+        Err(Error::new(
+            format!("{what} thread"),
+            io::Error::other("it panicked"),
+        ))
+    })
+}
+
+/// Binds a TCP listener whose `accept` gives up after [`IDLE_TIMEOUT`].
+fn listen(addr: std::net::SocketAddr, what: &str) -> Result<std::net::TcpListener, Error> {
+    let listener = std::net::TcpListener::bind(addr).context(|| format!("{what}: bind {addr}"))?;
+    rustix::net::sockopt::set_socket_timeout(
+        &listener,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(IDLE_TIMEOUT),
+    )
+    .map_err(io::Error::from)
+    .context(|| format!("{what}: listen on {addr}"))?;
+    Ok(listener)
+}
+
+/// The error of a server thread that ended before it was ready.
+fn stopped_early<T>(result: Result<T, Error>, what: &str) -> Error {
+    result.err().unwrap_or_else(|| {
+        Error::new(
+            what.to_owned(),
+            io::Error::other("it stopped before it was ready"),
+        )
+    })
+}

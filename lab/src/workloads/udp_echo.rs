@@ -1,0 +1,264 @@
+//! UDP datagrams at an offered rate, echoed back by the server.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::{
+    Context, Error, IDLE_TIMEOUT, Site, Stop, join, latency_histogram, record, stopped_early,
+};
+
+/// How often blocked receivers look at their stop flags.
+const POLL: Duration = Duration::from_millis(20);
+/// How long the client waits for late echoes once the sender is done.
+const DRAIN: Duration = Duration::from_millis(500);
+/// Most datagrams sent in one burst when the sender falls behind its schedule.
+const BURST: u64 = 256;
+/// Bytes of a datagram that carry its sequence number and send time.
+const HEADER: usize = 16;
+
+/// An echo workload: the client sends `size`-byte datagrams at `pps` per second; the server
+/// sends each back.
+#[derive(Clone, Debug)]
+pub struct UdpEcho {
+    /// The address the server listens on.
+    pub addr: SocketAddr,
+    /// Offered datagrams per second (at least 1).
+    pub pps: u64,
+    /// Payload size in bytes (at least 16: a sequence number and a send time).
+    pub size: usize,
+    /// When the sender stops ([`Stop::Count`] counts datagrams).
+    pub stop: Stop,
+}
+
+/// What a [`udp_echo`] run measured at the client.
+#[derive(Clone, Debug)]
+pub struct UdpEchoResult {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Echoes received.
+    pub received: u64,
+    /// Round-trip latency of every echo, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// How long the sender sent.
+    pub elapsed: Duration,
+}
+
+impl UdpEchoResult {
+    /// Datagrams sent whose echo never came back (duplicates make up for losses).
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    /// Echoes received per second of sending.
+    pub fn rate(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Runs `config` with its echo server at `server` and its client at `client`.
+pub fn udp_echo(server: &Site, client: &Site, config: &UdpEcho) -> Result<UdpEchoResult, Error> {
+    let serving_stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        let (bound, ready) = mpsc::channel();
+        let stop = &serving_stop;
+        let serving = scope.spawn(move || echo(server, config, stop, &bound));
+        if ready.recv().is_err() {
+            return Err(stopped_early(
+                join(serving, "udp_echo server"),
+                "udp_echo server",
+            ));
+        }
+        let result = run_client(client, config);
+        serving_stop.store(true, Ordering::Relaxed);
+        let served = join(serving, "udp_echo server");
+        let result = result?;
+        served.map(|()| result)
+    })
+}
+
+/// Binds, reports on `bound`, then echoes until `stop`.
+fn echo(
+    site: &Site,
+    config: &UdpEcho,
+    stop: &AtomicBool,
+    bound: &mpsc::Sender<()>,
+) -> Result<(), Error> {
+    site.enter(0)?;
+    let what = || format!("udp_echo server on {}", config.addr);
+    let socket = UdpSocket::bind(config.addr).context(what)?;
+    socket.set_read_timeout(Some(POLL)).context(what)?;
+    // The receiver waits for exactly this message.
+    let _ = bound.send(());
+    let mut buffer = vec![0; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buffer) {
+            Ok((n, peer)) => match socket.send_to(&buffer[..n], peer) {
+                Ok(_) => {}
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(Error::new(what(), e)),
+            },
+            Err(e) if timed_out(&e) || transient(&e) => {}
+            Err(e) => return Err(Error::new(what(), e)),
+        }
+    }
+    Ok(())
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Errors that lose one datagram but not the run: an ICMP "port unreachable" reported on a
+/// later call, or a full device queue.
+fn transient(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ConnectionRefused || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// The client: a paced sender and a receiver on one connected socket.
+fn run_client(site: &Site, config: &UdpEcho) -> Result<UdpEchoResult, Error> {
+    let what = || format!("udp_echo client to {}", config.addr);
+    let socket = thread::scope(|s| {
+        s.spawn(|| {
+            site.enter(0)?;
+            let any: SocketAddr = if config.addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                ([0u16; 8], 0).into()
+            };
+            let socket = UdpSocket::bind(any).context(what)?;
+            socket.connect(config.addr).context(what)?;
+            socket.set_read_timeout(Some(POLL)).context(what)?;
+            Ok(socket)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::new(what(), io::Error::other("it panicked"))))
+    })?;
+    let receiving = socket.try_clone().context(what)?;
+    let sent = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let start = Instant::now();
+    thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            site.pin(1)?;
+            receive(&receiving, start, &sent, &done)
+        });
+        let sender = scope.spawn(|| {
+            site.pin(0)?;
+            let result = pace(&socket, config, start, &sent);
+            done.store(true, Ordering::Release);
+            result
+        });
+        let elapsed = join(sender, "udp_echo sender");
+        let received = join(receiver, "udp_echo receiver");
+        let elapsed = elapsed?;
+        let (received, latency) = received?;
+        Ok(UdpEchoResult {
+            sent: sent.load(Ordering::Acquire),
+            received,
+            latency,
+            elapsed,
+        })
+    })
+}
+
+/// Sends datagrams on schedule until `config.stop`; returns how long it sent.
+fn pace(
+    socket: &UdpSocket,
+    config: &UdpEcho,
+    start: Instant,
+    sent: &AtomicU64,
+) -> Result<Duration, Error> {
+    let what = || format!("udp_echo: send to {}", config.addr);
+    let mut datagram = vec![0u8; config.size.max(HEADER)];
+    let pps = config.pps.max(1);
+    let mut count = 0u64;
+    while !config.stop.reached(start, count) {
+        let now = start.elapsed();
+        let due = (now.as_nanos() * u128::from(pps) / 1_000_000_000) as u64 + 1;
+        if due <= count {
+            let next = Duration::from_nanos(
+                u64::try_from(u128::from(count) * 1_000_000_000 / u128::from(pps))
+                    .unwrap_or(u64::MAX),
+            );
+            let wait = next.saturating_sub(start.elapsed());
+            if wait > Duration::from_micros(60) {
+                thread::sleep(wait - Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        for _ in 0..(due - count).min(BURST) {
+            if let Stop::Count(limit) = config.stop
+                && count >= limit
+            {
+                break;
+            }
+            datagram[..8].copy_from_slice(&count.to_le_bytes());
+            let stamp = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            datagram[8..HEADER].copy_from_slice(&stamp.to_le_bytes());
+            match socket.send(&datagram) {
+                Ok(_) => {}
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(Error::new(what(), e)),
+            }
+            count += 1;
+            sent.store(count, Ordering::Release);
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// Receives echoes until the sender is done and every echo came back or [`DRAIN`] passed.
+fn receive(
+    socket: &UdpSocket,
+    start: Instant,
+    sent: &AtomicU64,
+    done: &AtomicBool,
+) -> Result<(u64, Histogram<u64>), Error> {
+    let mut latency = latency_histogram();
+    let mut received = 0u64;
+    let mut buffer = vec![0u8; 65_536];
+    let mut done_at: Option<Instant> = None;
+    let mut last_echo = Instant::now();
+    loop {
+        if done_at.is_none() && done.load(Ordering::Acquire) {
+            done_at = Some(Instant::now());
+        }
+        if let Some(at) = done_at
+            && (received >= sent.load(Ordering::Acquire) || at.elapsed() >= DRAIN)
+        {
+            return Ok((received, latency));
+        }
+        match socket.recv(&mut buffer) {
+            Ok(n) if n >= HEADER => {
+                let mut stamp = [0u8; 8];
+                stamp.copy_from_slice(&buffer[8..HEADER]);
+                let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let rtt = now.saturating_sub(u64::from_le_bytes(stamp));
+                record(&mut latency, Duration::from_nanos(rtt));
+                received += 1;
+                last_echo = Instant::now();
+            }
+            Ok(_) => {}
+            Err(e) if timed_out(&e) || transient(&e) => {
+                if done_at.is_none() && last_echo.elapsed() > IDLE_TIMEOUT {
+                    return Err(Error::new(
+                        "udp_echo: no echo".to_owned(),
+                        io::Error::from(io::ErrorKind::TimedOut),
+                    ));
+                }
+            }
+            Err(e) => return Err(Error::new("udp_echo: receive".to_owned(), e)),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Scenario files: the shipped ones load and keep their schedules; every class of mistake is
+//! reported at the right `file:line:col`.
+
+use std::path::Path;
+
+use lab::scenario::{self, AcceleratorKind, EventAction, Service, WorkloadKind, parse};
+use lab::topology::{Nanos, Severity};
+
+const TOPOLOGY: &str = r#"
+topology = { name = "t", nodes = { a = {}, b = {} }, links = [{ endpoints = ["a:eth0", "b:eth0"], addresses = ["10.1.0.1/24", "10.1.0.2/24"] }] }
+"#;
+
+/// A valid scenario on an inline two-node topology, followed by `extra`.
+fn with(extra: &str) -> String {
+    format!(
+        "name = \"s\"{TOPOLOGY}[[variants]]\nname = \"off\"\n[[workloads]]\nkind = \"tcp_rr\"\n\
+         from = \"a\"\nto = \"b:7000\"\n{extra}"
+    )
+}
+
+/// `file:line:col code: message` of every error.
+fn errors(text: &str) -> Vec<String> {
+    match parse("s.toml", text, Path::new(".")) {
+        Ok(_) => panic!("expected errors in:\n{text}"),
+        Err(d) => d
+            .iter()
+            .filter(|d| d.severity() == Severity::Error)
+            .map(|d| format!("{} {}: {}", d.location(), d.code(), d.message()))
+            .collect(),
+    }
+}
+
+fn shipped(name: &str) -> scenario::Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(name);
+    match scenario::load(&path) {
+        Ok(loaded) => loaded.scenario,
+        Err(scenario::LoadError::Invalid(d)) => panic!("{}", d.render_plain()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The schedule as variant names, one repetition per line.
+fn schedule_text(s: &scenario::Scenario) -> String {
+    let slots = s.schedule();
+    (0..s.repetitions)
+        .map(|rep| {
+            let names: Vec<&str> = slots
+                .iter()
+                .filter(|slot| slot.repetition == rep)
+                .map(|slot| s.variants[slot.variant].name.value.as_str())
+                .collect();
+            format!("rep {rep}: {}\n", names.join(" "))
+        })
+        .collect()
+}
+
+#[test]
+fn shipped_rr_scenario() {
+    let s = shipped("baseline-rr.toml");
+    assert_eq!(s.variants.len(), 2);
+    assert_eq!(s.variants[0].impair[0].impair[0].delay, None);
+    assert_eq!(
+        s.variants[1].impair[0].impair[1].delay,
+        Some(Nanos(1_000_000))
+    );
+    assert_eq!(s.workloads[0].to.addr.to_string(), "10.77.0.2:5201");
+    assert!(matches!(
+        s.workloads[0].kind,
+        WorkloadKind::TcpRr {
+            request: 64,
+            response: 64,
+            connections: 1
+        }
+    ));
+    insta::assert_snapshot!("baseline_rr_schedule", schedule_text(&s));
+}
+
+#[test]
+fn shipped_stream_scenario() {
+    let s = shipped("baseline-stream.toml");
+    assert_eq!(s.workloads.len(), 2);
+    assert!(matches!(
+        s.workloads[1].kind,
+        WorkloadKind::TcpStream { write: 512, .. }
+    ));
+    insta::assert_snapshot!("baseline_stream_schedule", schedule_text(&s));
+}
+
+#[test]
+fn loading_twice_gives_the_same_schedule() {
+    let a = shipped("baseline-rr.toml");
+    let b = shipped("baseline-rr.toml");
+    assert_eq!(a.schedule(), b.schedule());
+    assert_eq!(a.schedule().len(), 12);
+}
+
+#[test]
+fn everything_a_scenario_can_say() {
+    let text = with(
+        "request = 10\nresponse = 2000\nconnections = 4\nduration = \"3s\"\nfrom_cpus = [0, 1]\n\
+         [[variants]]\nname = \"on\"\naccelerators = [{ kind = \"monitor\", node = \"b\", \
+         iface = \"eth0\", mode = \"generic\" }]\nimpair = { \"b:eth0\" = [{ loss = \"1%\" }, {}] }\n\
+         [deploy]\nb = [\"redis\", \"disgrafs-server\"]\n\
+         [[workloads]]\nkind = \"udp_echo\"\nfrom = \"a\"\nto = \"b:7001\"\npps = 5000\nsize = 100\n\
+         [[workloads]]\nkind = \"http\"\nfrom = \"a\"\nto = \"b:8080\"\nmethod = \"PUT\"\npath = \"/files\"\n\
+         [[events]]\nat = \"4s\"\nlink = \"a:eth0\"\nset = \"down\"\n\
+         [[events]]\nat = \"1s\"\nlink = \"b:eth0\"\nset = { delay = \"5ms\" }\n",
+    );
+    let s = parse("s.toml", &text, Path::new("."))
+        .unwrap_or_else(|d| panic!("{}", d.render_plain()))
+        .scenario;
+    assert_eq!(s.topology_file, None);
+    assert_eq!(s.repetitions, 5);
+    assert_eq!(s.window, Nanos(5_000_000_000));
+    assert_eq!(s.workloads[0].duration, Nanos(3_000_000_000));
+    assert_eq!(s.workloads[0].from_cpus, [0, 1]);
+    assert_eq!(
+        s.workloads[0].kind,
+        WorkloadKind::TcpRr {
+            request: 10,
+            response: 2000,
+            connections: 4
+        }
+    );
+    assert!(matches!(
+        s.variants[1].accelerators[0].kind,
+        AcceleratorKind::Monitor { .. }
+    ));
+    assert_eq!(
+        s.variants[1].impair[0].impair[0].loss.map(|l| l.0),
+        Some(1.0)
+    );
+    assert!(s.variants[1].impair[0].impair[1].is_none());
+    assert_eq!(s.deploy[0].services[1].value, Service::DisgrafsServer);
+    assert_eq!(s.run_length(), Nanos(5_000_000_000));
+    // Events come out in time order.
+    assert!(matches!(s.events[0].action, EventAction::Impair(_)));
+    assert_eq!(s.events[1].action, EventAction::Down);
+}
+
+#[test]
+fn unknown_node_in_a_workload() {
+    let text = format!(
+        "{}[[workloads]]\nkind = \"tcp_stream\"\nfrom = \"c\"\nto = \"b:1\"\n",
+        with("")
+    );
+    assert_eq!(
+        errors(&text),
+        ["s.toml:11:8 scenario::unknown_node: unknown node `c`"]
+    );
+}
+
+#[test]
+fn unknown_target_node_and_bad_port() {
+    let text = format!(
+        "{}[[workloads]]\nkind = \"tcp_rr\"\nfrom = \"a\"\nto = \"x:1\"\n\
+         [[workloads]]\nkind = \"tcp_rr\"\nfrom = \"a\"\nto = \"b:99999\"\n",
+        with("")
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:12:7 scenario::unknown_node: unknown node `x`",
+            "s.toml:16:6 scenario::bad_target: `b:99999` is not `node:port`",
+        ]
+    );
+}
+
+#[test]
+fn unknown_kinds_name_the_known_ones() {
+    let text = with(
+        "[[variants]]\nname = \"on\"\naccelerators = [{ kind = \"warp\", node = \"a\" }]\n\
+         [[workloads]]\nkind = \"ping\"\nfrom = \"a\"\nto = \"b:1\"\n",
+    );
+    let parsed = parse("s.toml", &text, Path::new(".")).unwrap_err();
+    let helps: Vec<String> = parsed
+        .iter()
+        .map(|d| {
+            use miette::Diagnostic;
+            d.help().map(|h| h.to_string()).unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:11:26 scenario::unknown_accelerator: unknown accelerator kind `warp`",
+            "s.toml:13:8 scenario::unknown_workload: unknown workload kind `ping`",
+        ]
+    );
+    assert_eq!(
+        helps,
+        [
+            "known kinds: monitor",
+            "known kinds: tcp_rr, tcp_stream, udp_echo, http"
+        ]
+    );
+}
+
+#[test]
+fn monitor_on_an_interface_the_node_lacks() {
+    let text = with(
+        "[[variants]]\nname = \"on\"\naccelerators = [{ kind = \"monitor\", node = \"a\", iface = \"eth9\" }]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        ["s.toml:11:57 scenario::unknown_iface: node `a` has no interface `eth9`"]
+    );
+}
+
+#[test]
+fn unknown_service_field_and_link() {
+    let text = with(
+        "wat = 1\n[deploy]\nb = [\"mysql\"]\n[[events]]\nat = \"1s\"\nlink = \"a:eth1\"\nset = \"sideways\"\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:9:1 topology::unknown_field: unknown field `wat` in a `tcp_rr` workload",
+            "s.toml:11:6 scenario::unknown_service: unknown service `mysql`",
+            "s.toml:14:8 scenario::unknown_link: no link of the topology has the endpoint `a:eth1`",
+            "s.toml:15:7 scenario::bad_event: `set = \"sideways\"` is not an event",
+        ]
+    );
+}
+
+#[test]
+fn events_after_the_run_and_duplicate_variants() {
+    let text = with(
+        "[[variants]]\nname = \"off\"\n[[events]]\nat = \"5s\"\nlink = \"a:eth0\"\nset = \"up\"\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:10:8 scenario::duplicate_variant: two variants are named `off`",
+            "s.toml:12:6 scenario::event_too_late: this event at 5s comes after the end of each run (5s)",
+        ]
+    );
+}
+
+#[test]
+fn missing_parts() {
+    assert_eq!(
+        errors("seed = -1\n"),
+        [
+            "s.toml:1:1 scenario::missing_field: the scenario has no `name`",
+            "s.toml:1:1 scenario::missing_field: the scenario has no `topology`",
+            "s.toml:1:1 scenario::missing_field: the scenario has no `[[variants]]`",
+            "s.toml:1:1 scenario::missing_field: the scenario has no `[[workloads]]`",
+            "s.toml:1:8 topology::range: `seed` `-1` is out of range",
+        ]
+    );
+}
+
+#[test]
+fn bad_values() {
+    let text = with(
+        "connections = 0\nduration = \"0s\"\nfrom_cpus = [4096]\n[[variants]]\nname = \"Big\"\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:9:15 scenario::range: `connections` must be between 1 and 1024, not 0",
+            "s.toml:10:12 scenario::bad_duration: `duration` must be longer than zero",
+            "s.toml:11:14 scenario::range: a CPU number must be between 0 and 1023, not 4096",
+            "s.toml:13:8 scenario::bad_name: bad variant name `Big`",
+        ]
+    );
+}
+
+#[test]
+fn errors_of_a_topology_file_point_into_it() {
+    let dir = std::env::temp_dir().join(format!("lab-scenario-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("t.toml"),
+        "name = \"t\"\n[nodes.a]\nkind = \"moon\"\n",
+    )
+    .unwrap();
+    let text = "name = \"s\"\ntopology = \"t.toml\"\n[[variants]]\nname = \"x\"\n";
+    let result = parse("s.toml", text, &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let d = result.unwrap_err();
+    let lines: Vec<String> = d
+        .iter()
+        .map(|d| format!("{} {}", d.location(), d.code()))
+        .collect();
+    let topology = dir.join("t.toml").display().to_string();
+    assert_eq!(
+        lines,
+        [
+            "s.toml:1:1 scenario::missing_field".to_owned(),
+            "s.toml:2:12 scenario::topology_invalid".to_owned(),
+            format!("{topology}:3:8 topology::unknown_kind"),
+        ]
+    );
+}
+
+#[test]
+fn missing_topology_file() {
+    assert_eq!(
+        errors(&with("").replace(TOPOLOGY, "\ntopology = \"nowhere.toml\"\n")),
+        [
+            "s.toml:2:12 scenario::topology_unreadable: cannot read topology ./nowhere.toml: No such file or directory (os error 2)"
+        ]
+    );
+}
