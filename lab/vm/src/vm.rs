@@ -1,0 +1,552 @@
+//! Booting a lab VM under QEMU and driving its guest agent.
+//!
+//! QEMU gets the uncompressed `vmlinux` (PVH boot) and an initramfs from
+//! [`crate::initramfs`]; the console goes to a file, the agent's virtio-serial port to a Unix
+//! socket in a private temporary directory. Acceleration is KVM only when `/dev/kvm` is
+//! writable, the CPU advertises vmx/svm and a boot with KVM reaches the agent; otherwise TCG
+//! (`-cpu max`).
+//!
+//! QEMU never outlives a [`Vm`]: dropping it kills QEMU, and QEMU gets `SIGKILL` if the thread
+//! that booted it exits (`PR_SET_PDEATHSIG`), so keep a `Vm` on the thread that created it.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_vm_agent::{Frame, PORT_NAME};
+
+use crate::{Error, Result, io_err};
+
+/// Console substrings that mean the kernel (or our init) hit a problem.
+pub const SPLAT_PATTERNS: &[&str] = &[
+    "WARNING:",
+    "BUG:",
+    "Oops",
+    "Call Trace",
+    "lab-vm-init: error",
+];
+
+/// How long a KVM probe boot may take before falling back to TCG.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often waits re-check that QEMU is still alive.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// CPU virtualization used by QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization (`-accel kvm -cpu host`).
+    Kvm,
+    /// Emulation (`-accel tcg -cpu max`).
+    Tcg,
+}
+
+/// How to boot a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Uncompressed ELF kernel.
+    pub vmlinux: PathBuf,
+    /// Initramfs image.
+    pub initramfs: PathBuf,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Host directory shared over 9p (tag `host`, mounted at `/host` by init).
+    pub share: Option<PathBuf>,
+    /// Where to keep the console log; `None` keeps it in the VM's temporary directory.
+    pub console_log: Option<PathBuf>,
+    /// Longest wait from starting QEMU to the agent's hello.
+    pub boot_timeout: Duration,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+impl VmConfig {
+    /// One CPU, 512 MiB, no share, 120 s boot timeout, `qemu-system-x86_64` from `PATH`.
+    pub fn new(vmlinux: impl Into<PathBuf>, initramfs: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            vmlinux: vmlinux.into(),
+            initramfs: initramfs.into(),
+            cpus: 1,
+            memory_mib: 512,
+            share: None,
+            console_log: None,
+            boot_timeout: Duration::from_secs(120),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+        }
+    }
+}
+
+/// What a command run in the guest produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Exit code (128 + signal when killed by a signal, 127 when it could not start).
+    pub exit_code: i32,
+    /// Complete standard output.
+    pub stdout: Vec<u8>,
+    /// Complete standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// A running VM with a connected guest agent.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    agent: UnixStream,
+    console: PathBuf,
+    accel: Accel,
+    ready_after: Duration,
+    agent_version: String,
+    // Holds the agent socket and (by default) the console log; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+/// Whether KVM is worth probing: `/dev/kvm` writable and vmx/svm in `/proc/cpuinfo`.
+pub fn kvm_candidate() -> bool {
+    let writable = rustix::fs::access("/dev/kvm", rustix::fs::Access::WRITE_OK).is_ok();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    writable && has_flag
+}
+
+impl Vm {
+    /// Boots the VM and waits for the agent. Tries KVM first when [`kvm_candidate`] holds and
+    /// falls back to TCG if that boot fails.
+    ///
+    /// # Errors
+    /// QEMU cannot start or exits, the agent does not say hello within the timeout, or the
+    /// agent speaks garbage. Errors carry the console's last lines.
+    pub fn boot(config: &VmConfig) -> Result<Vm> {
+        if kvm_candidate() {
+            let probe = VmConfig {
+                boot_timeout: config.boot_timeout.min(KVM_PROBE_TIMEOUT),
+                ..config.clone()
+            };
+            match Vm::boot_with(&probe, Accel::Kvm) {
+                Ok(vm) => return Ok(vm),
+                Err(e) => eprintln!("lab-vm: KVM probe boot failed, using TCG: {e}"),
+            }
+        }
+        Vm::boot_with(config, Accel::Tcg)
+    }
+
+    /// Boots with the given acceleration, without fallback.
+    ///
+    /// # Errors
+    /// As [`Vm::boot`].
+    pub fn boot_with(config: &VmConfig, accel: Accel) -> Result<Vm> {
+        let dir = tempfile::Builder::new()
+            .prefix("lab-vm-")
+            .tempdir()
+            .map_err(io_err("creating a temporary directory for the VM"))?;
+        let socket = dir.path().join("agent.sock");
+        let console = config
+            .console_log
+            .clone()
+            .unwrap_or_else(|| dir.path().join("console.log"));
+        let qemu_log = dir.path().join("qemu.log");
+        let mut cmd = qemu_command(config, accel, &socket, &console);
+        let log = fs::File::create(&qemu_log)
+            .map_err(io_err(format!("creating {}", qemu_log.display())))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        // SAFETY: the closure only makes the prctl system call, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(io::Error::from)
+            });
+        }
+        let start = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(io_err(format!("starting {}", config.qemu.display())))?;
+        let mut booting = Booting {
+            child: Some(child),
+            console: &console,
+            qemu_log: &qemu_log,
+        };
+        let deadline = start + config.boot_timeout;
+        let agent = booting.connect(&socket, deadline)?;
+        booting.wait_readable(&agent, deadline, "waiting for the guest agent's hello")?;
+        let hello = Frame::read_from(&mut &agent).map_err(Error::Agent)?;
+        let Some(Frame::Hello(agent_version)) = hello else {
+            return Err(booting.fail(format!("expected the agent's hello, got {hello:?}")));
+        };
+        let ready_after = start.elapsed();
+        let child = booting
+            .child
+            .take()
+            .ok_or_else(|| Error::Kernel("QEMU child vanished".into()))?;
+        Ok(Vm {
+            child,
+            agent,
+            console,
+            accel,
+            ready_after,
+            agent_version,
+            _dir: dir,
+        })
+    }
+
+    /// The acceleration in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Time from starting QEMU to the agent's hello.
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// The version the agent announced.
+    pub fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+
+    /// Path of the console log.
+    pub fn console(&self) -> &Path {
+        &self.console
+    }
+
+    /// Runs `argv` in the guest (looked up in `PATH` there: `/usr/sbin:/usr/bin:/sbin:/bin`)
+    /// and returns its output once it has exited.
+    ///
+    /// # Errors
+    /// An empty argv or one containing NUL bytes, the timeout passing, QEMU dying, or a
+    /// protocol violation.
+    pub fn run<S: AsRef<str>>(&mut self, argv: &[S], timeout: Duration) -> Result<CommandOutput> {
+        let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
+        let what = format!("running {argv:?} in the guest");
+        Frame::Run(argv).write_to(&mut &self.agent)?;
+        let mut booting = Booting {
+            child: Some(&mut self.child),
+            console: &self.console,
+            qemu_log: Path::new(""),
+        };
+        booting.wait_readable(&self.agent, Instant::now() + timeout, &what)?;
+        let (mut stdout, mut stderr) = (None, None);
+        loop {
+            match Frame::read_from(&mut &self.agent)? {
+                Some(Frame::Stdout(out)) if stdout.is_none() => stdout = Some(out),
+                Some(Frame::Stderr(err)) if stdout.is_some() && stderr.is_none() => {
+                    stderr = Some(err)
+                }
+                Some(Frame::Exit(exit_code)) if stderr.is_some() => {
+                    return Ok(CommandOutput {
+                        exit_code,
+                        stdout: stdout.unwrap_or_default(),
+                        stderr: stderr.unwrap_or_default(),
+                    });
+                }
+                other => {
+                    return Err(booting.fail(format!("{what}: unexpected agent message {other:?}")));
+                }
+            }
+        }
+    }
+
+    /// Asks the agent to power the guest off, waits for QEMU to exit (killing it after
+    /// `timeout`), then scans the console with [`scan_console`].
+    ///
+    /// # Errors
+    /// A kernel splat on the console, or I/O errors reading it.
+    pub fn power_off(mut self, timeout: Duration) -> Result<()> {
+        let sent = Frame::PowerOff.write_to(&mut &self.agent);
+        let deadline = Instant::now() + timeout;
+        while sent.is_ok() && Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        scan_console(&self.console)
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _killed = self.child.kill();
+        }
+        let _reaped = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A QEMU process that is not (or no longer) known to be healthy; used to wait and to build
+/// errors with the console's tail.
+struct Booting<'a, C: ChildLike> {
+    child: Option<C>,
+    console: &'a Path,
+    qemu_log: &'a Path,
+}
+
+trait ChildLike {
+    fn exited(&mut self) -> Option<String>;
+    fn kill_now(&mut self);
+}
+
+impl ChildLike for Child {
+    fn exited(&mut self) -> Option<String> {
+        self.try_wait().ok().flatten().map(|s| s.to_string())
+    }
+    fn kill_now(&mut self) {
+        let _killed = self.kill();
+        let _reaped = self.wait();
+    }
+}
+
+impl ChildLike for &mut Child {
+    fn exited(&mut self) -> Option<String> {
+        (**self).exited()
+    }
+    fn kill_now(&mut self) {
+        (**self).kill_now();
+    }
+}
+
+impl<C: ChildLike> Booting<'_, C> {
+    fn fail(&mut self, message: String) -> Error {
+        if let Some(child) = self.child.as_mut() {
+            child.kill_now();
+        }
+        let qemu = fs::read_to_string(self.qemu_log).unwrap_or_default();
+        let message = if qemu.trim().is_empty() {
+            message
+        } else {
+            format!("{message}; QEMU said: {}", qemu.trim())
+        };
+        Error::Boot {
+            message,
+            console: self.console.to_owned(),
+            tail: console_tail(self.console, 25),
+        }
+    }
+
+    fn check_alive(&mut self, what: &str) -> Result<()> {
+        match self.child.as_mut().and_then(ChildLike::exited) {
+            Some(status) => Err(self.fail(format!("QEMU exited ({status}) while {what}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn connect(&mut self, socket: &Path, deadline: Instant) -> Result<UnixStream> {
+        loop {
+            self.check_alive("waiting for the agent socket")?;
+            match UnixStream::connect(socket) {
+                Ok(stream) => return Ok(stream),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(self.fail(format!("connecting to {}: {e}", socket.display())));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    fn wait_readable(&mut self, stream: &UnixStream, deadline: Instant, what: &str) -> Result<()> {
+        loop {
+            self.check_alive(what)?;
+            let now = Instant::now();
+            if now > deadline {
+                return Err(self.fail(format!("timed out {what}")));
+            }
+            let wait = (deadline - now).min(POLL_INTERVAL);
+            let timeout = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(wait.subsec_nanos()),
+            };
+            let mut fds = [rustix::event::PollFd::new(
+                stream,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(n) if n > 0 => return Ok(()),
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        context: format!("polling the agent socket while {what}"),
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn qemu_command(config: &VmConfig, accel: Accel, socket: &Path, console: &Path) -> Command {
+    let mut cmd = Command::new(&config.qemu);
+    let (accel_arg, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let append = "console=ttyS0 loglevel=5 panic=-1 rdinit=/init tsc=reliable no_timer_check \
+                  mitigations=off random.trust_cpu=on i8042.noaux i8042.nokbd i8042.nopnp";
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args([
+        "-bios",
+        "qboot.rom",
+        "-machine",
+        "pc",
+        "-accel",
+        accel_arg,
+        "-cpu",
+        cpu,
+    ])
+    .args([
+        "-m",
+        &config.memory_mib.to_string(),
+        "-smp",
+        &config.cpus.to_string(),
+    ])
+    .arg("-kernel")
+    .arg(&config.vmlinux)
+    .arg("-initrd")
+    .arg(&config.initramfs)
+    .args(["-append", append])
+    .arg("-chardev")
+    .arg(format!("file,id=console,path={}", qemu_path(console)))
+    .args(["-serial", "chardev:console"])
+    .args(["-device", "virtio-serial-pci,id=vser"])
+    .arg("-chardev")
+    .arg(format!(
+        "socket,id=agent,path={},server=on,wait=off",
+        qemu_path(socket)
+    ))
+    .args([
+        "-device",
+        &format!("virtserialport,bus=vser.0,chardev=agent,name={PORT_NAME}"),
+    ]);
+    if let Some(share) = &config.share {
+        cmd.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=host,security_model=none,id=host",
+            qemu_path(share)
+        ));
+    }
+    cmd
+}
+
+/// Escapes commas for QEMU option values.
+fn qemu_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// The last `n` lines of the console log (empty if unreadable).
+fn console_tail(console: &Path, n: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = fs::File::open(console) {
+        let mut bytes = Vec::new();
+        let _read = f.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Fails with [`Error::Splat`] naming the first console line that matches [`SPLAT_PATTERNS`].
+///
+/// # Errors
+/// A matching line, or the console log cannot be read.
+pub fn scan_console(console: &Path) -> Result<()> {
+    let bytes =
+        fs::read(console).map_err(io_err(format!("reading console log {}", console.display())))?;
+    match find_splat(&String::from_utf8_lossy(&bytes)) {
+        Some((line_no, line)) => Err(Error::Splat {
+            console: console.to_owned(),
+            line_no,
+            line,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn find_splat(text: &str) -> Option<(usize, String)> {
+    text.lines()
+        .enumerate()
+        .find(|(_, line)| SPLAT_PATTERNS.iter().any(|p| line.contains(p)))
+        .map(|(i, line)| (i + 1, line.trim_end().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_first_splat_line() {
+        assert_eq!(
+            find_splat("Linux version 6.1\nRun /init as init process\n"),
+            None
+        );
+        let console =
+            "ok\n[ 1.0] WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 f+0x1\n[ 1.1] Call Trace:\n";
+        assert_eq!(
+            find_splat(console),
+            Some((
+                2,
+                "[ 1.0] WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 f+0x1".into()
+            ))
+        );
+        assert_eq!(
+            find_splat("lab-vm-init: error: insmod /lib/modules/x.ko\n").map(|s| s.0),
+            Some(1)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        fs::write(&path, "a\nBUG: kernel NULL pointer dereference\n").unwrap();
+        let e = scan_console(&path).unwrap_err().to_string();
+        assert!(e.contains("console.log:2: BUG: kernel NULL"), "{e}");
+    }
+
+    #[test]
+    fn qemu_command_line_has_the_essentials() {
+        let mut config = VmConfig::new("/k/vmlinux", "/k/initrd");
+        config.share = Some(PathBuf::from("/srv/a,b"));
+        let cmd = qemu_command(
+            &config,
+            Accel::Tcg,
+            Path::new("/t/agent.sock"),
+            Path::new("/t/console.log"),
+        );
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = args.join(" ");
+        assert!(line.contains("-accel tcg -cpu max"), "{line}");
+        assert!(
+            line.contains("-kernel /k/vmlinux -initrd /k/initrd"),
+            "{line}"
+        );
+        assert!(
+            line.contains("virtserialport,bus=vser.0,chardev=agent,name=lab.agent"),
+            "{line}"
+        );
+        assert!(
+            line.contains("local,path=/srv/a,,b,mount_tag=host"),
+            "{line}"
+        );
+        assert!(
+            line.contains("file,id=console,path=/t/console.log"),
+            "{line}"
+        );
+    }
+}
