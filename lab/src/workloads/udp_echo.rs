@@ -93,6 +93,7 @@ fn echo(
     let what = || format!("udp_echo server on {}", config.addr);
     let socket = UdpSocket::bind(config.addr).context(what)?;
     socket.set_read_timeout(Some(POLL)).context(what)?;
+    enlarge_buffers(&socket).context(what)?;
     // The receiver waits for exactly this message.
     let _ = bound.send(());
     let mut buffer = vec![0; 65_536];
@@ -107,6 +108,21 @@ fn echo(
             Err(e) => return Err(Error::new(what(), e)),
         }
     }
+    Ok(())
+}
+
+/// Socket buffer size of both ends: enough to ride out a descheduled thread at the offered
+/// rate, so losses measure the path and not the generator.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Grows both socket buffers to [`SOCKET_BUFFER`], past `net.core.{r,w}mem_max` where the
+/// process may (root, as in the lab).
+fn enlarge_buffers(socket: &UdpSocket) -> io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_recv_buffer_size_force(socket, SOCKET_BUFFER)
+        .or_else(|_| sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER))?;
+    sockopt::set_socket_send_buffer_size_force(socket, SOCKET_BUFFER)
+        .or_else(|_| sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER))?;
     Ok(())
 }
 
@@ -137,6 +153,7 @@ fn run_client(site: &Site, config: &UdpEcho) -> Result<UdpEchoResult, Error> {
             let socket = UdpSocket::bind(any).context(what)?;
             socket.connect(config.addr).context(what)?;
             socket.set_read_timeout(Some(POLL)).context(what)?;
+            enlarge_buffers(&socket).context(what)?;
             Ok(socket)
         })
         .join()
