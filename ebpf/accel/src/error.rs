@@ -71,6 +71,25 @@ pub enum Error {
     /// bpffs is not mounted where pins should go.
     #[error("{0} is not on a BPF file system (mount -t bpf bpf /sys/fs/bpf, or run ./setup)")]
     NoBpffs(PathBuf),
+    /// A policy file could not be read, parsed or validated.
+    #[error("policy file {}: {message}", path.display())]
+    Policy {
+        /// The policy file.
+        path: PathBuf,
+        /// What is wrong and where (line and column, or the rule).
+        message: String,
+    },
+    /// A packet capture could not be read or is not a classic Ethernet pcap.
+    #[error("capture file {}: {message}", path.display())]
+    Capture {
+        /// The capture file.
+        path: PathBuf,
+        /// What is wrong and where (byte offset, record number).
+        message: String,
+    },
+    /// `BPF_PROG_TEST_RUN` left the program's counters in an unexpected state.
+    #[error("BPF_PROG_TEST_RUN: {0}")]
+    TestRun(String),
     /// Any other file-system error, with its path.
     #[error("{path}")]
     Io {

@@ -7,10 +7,13 @@
 //! `accel … detach` or `lab down` can find and remove them later.
 
 mod error;
+pub mod http_filter;
 pub mod monitor;
+mod object;
 pub mod pin;
 
 pub use error::Error;
+pub use object::AttachMode;
 
 /// A `Result` whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,13 +3,21 @@
 //! Attachments are pinned in bpffs (`/sys/fs/bpf/<prefix>/<accelerator>/<netns>/<iface>/`), so
 //! they stay after `accel` exits and later calls find them.
 
-use std::{fs, os::fd::AsFd as _, path::PathBuf, process::ExitCode};
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use accel::{
-    monitor::{self, AttachMode, Monitor, PinnedMonitor},
+    AttachMode,
+    http_filter::{self, HttpFilter, PinnedHttpFilter, Policy, TestRunner, pcap},
+    monitor::{self, Monitor, PinnedMonitor},
     pin::{BPFFS, DEFAULT_PREFIX, PinLayout},
 };
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
@@ -38,6 +46,55 @@ enum Accelerator {
     /// Performance monitor: per-CPU frames/bytes at XDP and netif_receive_skb events.
     #[command(subcommand)]
     Monitor(MonitorCommand),
+    /// HTTP request filter at XDP: allowed methods and path prefixes per destination port.
+    #[command(subcommand)]
+    HttpFilter(HttpFilterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HttpFilterCommand {
+    /// Attach to an interface with a policy, and pin, so it keeps filtering after accel exits.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        /// The policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t)]
+        mode: AttachMode,
+    },
+    /// Replace the policy of an attached filter, live (the program stays attached).
+    Policy {
+        #[command(flatten)]
+        target: Target,
+        /// The new policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// Print the global and per-rule counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach and remove the pins.
+    Detach {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run every frame of a classic pcap file through the program (BPF_PROG_TEST_RUN) and
+    /// print one JSON line per frame: index, verdict, matched rule.
+    Check {
+        /// The policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The capture (classic pcap, Ethernet).
+        #[arg(long)]
+        pcap: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +151,125 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let layout = PinLayout::new(&cli.bpffs, &cli.prefix);
     match cli.accelerator {
         Accelerator::Monitor(command) => monitor_command(command, &layout, scope),
+        Accelerator::HttpFilter(command) => http_filter_command(command, &layout, scope),
+    }
+}
+
+fn http_filter_command(
+    command: HttpFilterCommand,
+    layout: &PinLayout,
+    scope: &str,
+) -> anyhow::Result<()> {
+    match command {
+        HttpFilterCommand::Attach {
+            target,
+            policy,
+            mode,
+        } => {
+            let policy = Policy::from_file(&policy)?;
+            let pinned = HttpFilter::attach_pinned(&target.iface, mode, &policy, layout, scope)?;
+            println!(
+                "http_filter attached to {} with {} rules, pinned at {}",
+                target.iface,
+                policy.rules().len(),
+                pinned.dir().display()
+            );
+        }
+        HttpFilterCommand::Policy { target, policy } => {
+            let policy = Policy::from_file(&policy)?;
+            PinnedHttpFilter::open(layout, scope, &target.iface)?.set_policy(&policy)?;
+            println!(
+                "http_filter on {}: policy replaced ({} rules)",
+                target.iface,
+                policy.rules().len()
+            );
+        }
+        HttpFilterCommand::Stats { target, json } => {
+            let stats = PinnedHttpFilter::open(layout, scope, &target.iface)?.stats()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({
+                        "iface": stats.iface,
+                        "per_cpu": stats.per_cpu,
+                        "total": stats.total(),
+                        "rules": stats.rules,
+                    }))?
+                );
+            } else {
+                print_filter_tables(&stats);
+            }
+        }
+        HttpFilterCommand::Detach { target } => {
+            let pinned = PinnedHttpFilter::open(layout, scope, &target.iface)?;
+            let dir = pinned.dir().to_owned();
+            pinned.detach()?;
+            println!(
+                "http_filter detached from {} (removed {})",
+                target.iface,
+                dir.display()
+            );
+        }
+        HttpFilterCommand::Check { policy, pcap } => check(&policy, &pcap)?,
+    }
+    Ok(())
+}
+
+fn check(policy: &Path, capture: &Path) -> anyhow::Result<()> {
+    let policy = Policy::from_file(policy)?;
+    let frames = pcap::read(capture)?;
+    let mut runner = TestRunner::new(&policy)?;
+    let mut out = io::stdout().lock();
+    let mut refused = 0;
+    for (index, frame) in frames.iter().enumerate() {
+        let line = match runner.run(frame) {
+            Ok(kernel) => {
+                let rule = kernel.classification.rule;
+                serde_json::json!({
+                    "index": index,
+                    "len": frame.len(),
+                    "verdict": kernel.classification.verdict,
+                    "rule": rule.and_then(|id| policy.rule(id)).map(|r| &r.name),
+                    "rule_id": rule,
+                })
+            }
+            Err(e) => {
+                refused += 1;
+                serde_json::json!({ "index": index, "len": frame.len(), "error": format!("{e:#}") })
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    if refused > 0 {
+        bail!(
+            "{refused} of {} frames of {} could not be run (see their \"error\" lines)",
+            frames.len(),
+            capture.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_filter_tables(stats: &http_filter::Stats) {
+    println!("http_filter on {}", stats.iface);
+    println!(
+        "{:>5} {:>12} {:>13} {:>12} {:>12} {:>12} {:>14}",
+        "cpu", "packets", "http_requests", "dropped", "passed", "monitored", "parse_failures"
+    );
+    let row = |cpu: &str, c: &http_filter::Totals| {
+        println!(
+            "{cpu:>5} {:>12} {:>13} {:>12} {:>12} {:>12} {:>14}",
+            c.packets, c.http_requests, c.dropped, c.passed, c.monitored, c.parse_failures
+        );
+    };
+    for c in &stats.per_cpu {
+        row(&c.cpu.to_string(), &c.counters);
+    }
+    row("all", &stats.total());
+    println!();
+    println!("{:>4} {:<40} {:>12}", "id", "rule", "hits");
+    for r in &stats.rules {
+        println!("{:>4} {:<40} {:>12}", r.id, r.name, r.hits);
     }
 }
 

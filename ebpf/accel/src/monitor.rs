@@ -8,12 +8,9 @@ use std::{
 
 use aya::{
     Btf, Ebpf, Pod,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
     programs::{
-        BtfTracePoint, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tp_btf::BtfTracePointLinkId,
-        xdp::XdpLinkId,
+        BtfTracePoint, Xdp, XdpMode, links::FdLink, tp_btf::BtfTracePointLinkId, xdp::XdpLinkId,
     },
 };
 use ebpf_common::monitor::{
@@ -22,7 +19,14 @@ use ebpf_common::monitor::{
 };
 use serde::Serialize;
 
-use crate::{Error, Result, pin::PinLayout};
+pub use crate::object::AttachMode;
+use crate::{
+    Error, Result,
+    object::{
+        self, map_error, pin_error, pin_link, pinned_array, pinned_link_program, program_error,
+    },
+    pin::PinLayout,
+};
 
 /// The accelerator's name in pin paths and messages.
 pub const ACCELERATOR: &str = "monitor";
@@ -34,19 +38,6 @@ const XDP_LINK_PIN: &str = "xdp_link";
 const NETIF_RECEIVE_LINK_PIN: &str = "netif_receive_skb_link";
 const IFACE_COUNTERS_PIN: &str = "iface_counters";
 const STACK_COUNTERS_PIN: &str = "stack_counters";
-
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// Native (driver) mode, falling back to generic when the driver has no XDP support.
-    #[default]
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (SKB) mode, run by the stack after the driver.
-    Generic,
-}
 
 /// Monitor counters, for one CPU or summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -104,21 +95,19 @@ impl Monitor {
     /// Loads the programs and attaches them: XDP to `iface` (in the calling thread's network
     /// namespace) and the tracepoint program to `netif_receive_skb`.
     pub fn attach(iface: &str, mode: AttachMode) -> Result<Self> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|source| Error::Load {
-            object: ACCELERATOR,
-            source: Box::new(source),
-        })?;
+        let mut ebpf = object::load(ACCELERATOR, OBJECT)?;
 
-        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+        let xdp: &mut Xdp = object::program(&mut ebpf, ACCELERATOR, XDP_PROGRAM)?;
         xdp.load().map_err(program_error("load", XDP_PROGRAM))?;
-        let (mode, xdp_link) = attach_xdp(xdp, iface, mode)?;
+        let (mode, xdp_link) = object::attach_xdp(xdp, XDP_PROGRAM, iface, mode)?;
 
         let btf = Btf::from_sys_fs().map_err(|e| Error::Program {
             action: "read kernel BTF for".into(),
             program: NETIF_RECEIVE_PROGRAM,
             source: Box::new(e.into()),
         })?;
-        let tracepoint: &mut BtfTracePoint = program(&mut ebpf, NETIF_RECEIVE_PROGRAM)?;
+        let tracepoint: &mut BtfTracePoint =
+            object::program(&mut ebpf, ACCELERATOR, NETIF_RECEIVE_PROGRAM)?;
         tracepoint
             .load(NETIF_RECEIVE_TRACEPOINT, &btf)
             .map_err(program_error("load", NETIF_RECEIVE_PROGRAM))?;
@@ -142,8 +131,8 @@ impl Monitor {
 
     /// Reads the counters.
     pub fn stats(&self) -> Result<Stats> {
-        let iface_map = map(&self.ebpf, IFACE_COUNTERS_MAP)?;
-        let stack_map = map(&self.ebpf, STACK_COUNTERS_MAP)?;
+        let iface_map = object::map(&self.ebpf, ACCELERATOR, IFACE_COUNTERS_MAP)?;
+        let stack_map = object::map(&self.ebpf, ACCELERATOR, STACK_COUNTERS_MAP)?;
         stats(
             &self.iface,
             &PerCpuArray::try_from(iface_map).map_err(map_error(IFACE_COUNTERS_MAP))?,
@@ -196,12 +185,12 @@ impl Monitor {
             (STACK_COUNTERS_MAP, STACK_COUNTERS_PIN),
         ] {
             let path = dir.join(file);
-            map(&self.ebpf, name)?
+            object::map(&self.ebpf, ACCELERATOR, name)?
                 .pin(&path)
                 .map_err(|e| pin_error(&path)(e.into()))?;
         }
 
-        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
+        let xdp: &mut Xdp = object::program(&mut self.ebpf, ACCELERATOR, XDP_PROGRAM)?;
         let link = xdp
             .take_link(self.xdp_link)
             .map_err(program_error("take the link of", XDP_PROGRAM))?;
@@ -210,7 +199,8 @@ impl Monitor {
         let link = FdLink::try_from(link).map_err(|e| pin_error(&path)(e.into()))?;
         pin_link(link, &path)?;
 
-        let tracepoint: &mut BtfTracePoint = program(&mut self.ebpf, NETIF_RECEIVE_PROGRAM)?;
+        let tracepoint: &mut BtfTracePoint =
+            object::program(&mut self.ebpf, ACCELERATOR, NETIF_RECEIVE_PROGRAM)?;
         let link = tracepoint
             .take_link(self.tracepoint_link)
             .map_err(program_error("take the link of", NETIF_RECEIVE_PROGRAM))?;
@@ -253,14 +243,7 @@ impl PinnedMonitor {
     pub fn program_ids(&self) -> Result<Vec<u32>> {
         [XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN]
             .into_iter()
-            .map(|file| {
-                let path = self.dir.join(file);
-                let link: FdLink = PinnedLink::from_pin(&path)
-                    .map_err(|e| pin_error(&path)(e.into()))?
-                    .into();
-                let info = link.info().map_err(|e| pin_error(&path)(e.into()))?;
-                Ok(info.program_id())
-            })
+            .map(|file| pinned_link_program(&self.dir.join(file)))
             .collect()
     }
 
@@ -273,47 +256,14 @@ impl PinnedMonitor {
         )
     }
 
-    /// Removes the pins: the kernel detaches the programs and frees the maps.
+    /// Detaches the programs (at once), then removes the pins: the kernel frees the programs
+    /// and maps.
     pub fn detach(self) -> Result<()> {
+        for file in [XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN] {
+            object::detach_pinned_link(&self.dir.join(file))?;
+        }
         self.layout.remove_attachment_dir(&self.dir)
     }
-}
-
-fn attach_xdp(xdp: &mut Xdp, iface: &str, mode: AttachMode) -> Result<(XdpMode, XdpLinkId)> {
-    let try_mode = |xdp: &mut Xdp, m: XdpMode| {
-        xdp.attach(iface, m)
-            .map(|id| (m, id))
-            .map_err(program_error(
-                &format!("attach to {iface} ({m:?} mode)"),
-                XDP_PROGRAM,
-            ))
-    };
-    if ifindex(iface).is_none() {
-        return Err(Error::NoInterface(iface.to_owned()));
-    }
-    match mode {
-        AttachMode::Native => try_mode(xdp, XdpMode::Driver),
-        AttachMode::Generic => try_mode(xdp, XdpMode::Skb),
-        // Report the native-mode error when generic mode fails too: it is the informative one.
-        AttachMode::Auto => try_mode(xdp, XdpMode::Driver)
-            .or_else(|native| try_mode(xdp, XdpMode::Skb).map_err(|_| native)),
-    }
-}
-
-fn ifindex(iface: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(iface).ok()?;
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
-fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink> {
-    link.pin(path).map_err(|e| pin_error(path)(e.into()))
-}
-
-fn pinned_array<V: Pod>(path: &Path) -> Result<PerCpuArray<MapData, V>> {
-    let data = MapData::from_pin(path).map_err(map_error(&path.display().to_string()))?;
-    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(&path.display().to_string()))
 }
 
 fn stats<A, B>(
@@ -348,50 +298,4 @@ where
 
 fn slot0<T: Borrow<MapData>, V: Pod>(array: &PerCpuArray<T, V>, name: &str) -> Result<Vec<V>> {
     Ok(array.get(&0, 0).map_err(map_error(name))?.to_vec())
-}
-
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
-{
-    let program = ebpf.program_mut(name).ok_or(Error::WrongType {
-        object: ACCELERATOR,
-        name,
-    })?;
-    program.try_into().map_err(|_| Error::WrongType {
-        object: ACCELERATOR,
-        name,
-    })
-}
-
-fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Map> {
-    ebpf.map(name).ok_or(Error::WrongType {
-        object: ACCELERATOR,
-        name,
-    })
-}
-
-fn program_error(
-    action: &str,
-    program: &'static str,
-) -> impl FnOnce(aya::programs::ProgramError) -> Error {
-    let action = action.to_owned();
-    move |source| Error::Program {
-        action,
-        program,
-        source: Box::new(source),
-    }
-}
-
-fn map_error(name: &str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    let map = name.to_owned();
-    move |source| Error::Map {
-        map,
-        source: Box::new(source),
-    }
-}
-
-fn pin_error(path: &Path) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error {
-    let path = path.to_owned();
-    move |source| Error::Pin { path, source }
 }

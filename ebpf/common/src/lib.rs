@@ -5,4 +5,5 @@
 //! reads the same bytes back.
 #![no_std]
 
+pub mod http_filter;
 pub mod monitor;
