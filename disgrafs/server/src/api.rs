@@ -32,9 +32,11 @@ const MAX_LIMIT: u64 = 1000;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Every route of the API; the OpenAPI document must list exactly these paths.
+/// Every route of the API and the UI; the OpenAPI document must list exactly these paths.
 pub(crate) fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
+        ("/", get(crate::web::page)),
+        ("/ui/{asset}", get(crate::web::asset)),
         (
             "/api/files/{name}",
             get(download).put(upload).delete(delete),

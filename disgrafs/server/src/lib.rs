@@ -1,5 +1,5 @@
 //! The DisGraFS HTTP server: streaming upload and download, search, the tag graph, metrics,
-//! and in-process tagging workers.
+//! in-process tagging workers, and the browser UI (`disgrafs/web/`, embedded at build time).
 //!
 //! Backends: the embedded defaults under the data directory (SQLite graph, in-process queue)
 //! unless [`Config::falkordb`] or [`Config::redis`] name a server. With a Redis queue the
@@ -12,6 +12,7 @@ mod http_util;
 mod metrics;
 mod openapi;
 mod outbox;
+mod web;
 mod worker;
 
 use std::net::SocketAddr;

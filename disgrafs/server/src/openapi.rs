@@ -37,6 +37,30 @@ pub fn openapi() -> Value {
             "description": "Files with automatic tags, searchable and browsable as a file–tag graph. Every error is a JSON object {\"error\": message}."
         },
         "paths": {
+            "/": {
+                "get": {
+                    "summary": "The browser UI (upload, search, tag graph); served with a strict Content-Security-Policy, Cache-Control: no-cache and an ETag",
+                    "responses": {
+                        "200": { "description": "The page", "content": { "text/html": { "schema": { "type": "string" } } } },
+                        "304": { "description": "The ETag matched If-None-Match" }
+                    }
+                }
+            },
+            "/ui/{asset}": {
+                "parameters": [{
+                    "name": "asset", "in": "path", "required": true,
+                    "description": "A script, style sheet or image of the UI, e.g. app.js",
+                    "schema": { "type": "string" }
+                }],
+                "get": {
+                    "summary": "A static asset of the browser UI (embedded in the binary), with the page's headers",
+                    "responses": {
+                        "200": { "description": "The asset, with its content type" },
+                        "304": { "description": "The ETag matched If-None-Match" },
+                        "404": error_response("No such asset")
+                    }
+                }
+            },
             "/api/files/{name}": {
                 "parameters": [name_param],
                 "put": {

@@ -726,9 +726,11 @@ async fn openapi_document_matches_the_served_methods() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 7);
+    assert_eq!(paths.len(), 9);
     for (path, item) in paths {
-        let concrete = path.replace("{name}", "probe.txt");
+        let concrete = path
+            .replace("{name}", "probe.txt")
+            .replace("{asset}", "app.js");
         for method in ["get", "put", "delete", "post", "patch"] {
             let response = server
                 .client
@@ -842,4 +844,142 @@ async fn the_binary_serves_with_cli_flags_and_env_token() {
     );
     assert_eq!(entries(&dir.path().join("files")), vec!["cli.txt"]);
     assert!(dir.path().join("graph.sqlite").exists());
+}
+
+/// `src="…"` and `href="…"` values of a page, `import … from "…"` specifiers of a module and
+/// `url(…)` references of a style sheet.
+fn references(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (open, close) in [
+        ("src=\"", '"'),
+        ("href=\"", '"'),
+        ("from \"", '"'),
+        ("url(", ')'),
+    ] {
+        let mut rest = text;
+        while let Some(at) = rest.find(open) {
+            rest = &rest[at + open.len()..];
+            let end = rest.find(close).unwrap_or(rest.len());
+            found.push(rest[..end].trim_matches(['"', '\'']).to_owned());
+        }
+    }
+    found
+}
+
+/// Absolute URLs in `text`: anything with a scheme (`…://`) or protocol-relative in a
+/// reference, except the SVG namespace name, which is an identifier that is never fetched.
+fn external_urls(text: &str) -> Vec<String> {
+    const SVG_NAMESPACE: &str = "http://www.w3.org/2000/svg";
+    let mut found: Vec<String> = text
+        .match_indices("://")
+        .map(|(at, _)| {
+            let start = text[..at]
+                .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '+' && c != '-')
+                .map_or(0, |i| i + 1);
+            let end = text[at..]
+                .find(|c: char| c.is_whitespace() || "\"'`)<>".contains(c))
+                .map_or(text.len(), |i| at + i);
+            text[start..end].to_owned()
+        })
+        .filter(|url| url != SVG_NAMESPACE)
+        .collect();
+    found.extend(references(text).into_iter().filter(|r| r.starts_with("//")));
+    found
+}
+
+#[test]
+fn external_url_detection() {
+    let page = r#"<script src="https://cdn.example/x.js"></script><img src="//evil.example/p.png">
+        <link href="/ui/app.css"> <svg xmlns="http://www.w3.org/2000/svg"></svg>"#;
+    assert_eq!(
+        external_urls(page),
+        vec!["https://cdn.example/x.js", "//evil.example/p.png"]
+    );
+    assert_eq!(
+        external_urls("a { background: url(wss://x.example/a) }"),
+        vec!["wss://x.example/a"]
+    );
+    assert!(external_urls("import { A } from \"./graph.js\"; // comment").is_empty());
+}
+
+/// The page and everything it loads (found by following its references): content types, a
+/// strict Content-Security-Policy, revalidation by ETag, and no reference outside the origin.
+#[tokio::test]
+async fn the_ui_is_served_with_a_csp_and_references_only_its_own_origin() {
+    let server = TestServer::start(1024).await;
+    let mut pending = vec!["/".to_owned()];
+    let mut served = Vec::new();
+    while let Some(path) = pending.pop() {
+        if served.contains(&path) {
+            continue;
+        }
+        let response = server.get(&path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .unwrap_or_else(|| panic!("{path} has no {name}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let expected_type = match path.rsplit_once('.').map_or("", |(_, ext)| ext) {
+            "js" => "text/javascript; charset=utf-8",
+            "css" => "text/css; charset=utf-8",
+            "svg" => "image/svg+xml",
+            _ => "text/html; charset=utf-8",
+        };
+        assert_eq!(header("content-type"), expected_type, "{path}");
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "require-trusted-types-for 'script'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {directive} not in {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{path}: {csp}");
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("cache-control"), "no-cache");
+        let etag = header("etag");
+        let revalidated = server
+            .client
+            .get(server.url(&path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED, "{path}");
+
+        let body = response.text().await.unwrap();
+        assert_eq!(external_urls(&body), Vec::<String>::new(), "{path}");
+        assert!(!body.contains("@import"), "{path}");
+        for reference in references(&body) {
+            let absolute = match reference.strip_prefix("./") {
+                Some(relative) => format!("/ui/{relative}"),
+                None => reference,
+            };
+            assert!(absolute.starts_with("/ui/"), "{path} refers to {absolute}");
+            pending.push(absolute);
+        }
+        served.push(path);
+    }
+    served.sort();
+    assert_eq!(
+        served,
+        [
+            "/",
+            "/ui/app.css",
+            "/ui/app.js",
+            "/ui/favicon.svg",
+            "/ui/graph.js"
+        ]
+    );
+    let (status, body) = server.get_json("/ui/missing.js").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "no such asset: missing.js");
 }
