@@ -1,14 +1,16 @@
 //! The `lab` command: builds and inspects network labs from topology files.
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use lab::apply::{self, LinkChange};
 use lab::node::{NetnsNode, Node as _};
+use lab::run;
 use lab::state::{DEFAULT_STATE_DIR, LabState, StateDir};
 use lab::topology::{self, Impairment, LoadError, Plan, PlanOptions, Prefix, Step};
 use miette::GraphicalReportHandler;
@@ -17,8 +19,12 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  failure while running (a kernel operation failed; what was made is removed again)
-  2  invalid input: bad arguments, or an invalid topology file (every problem is printed)
-  3  conflict: the lab, or one using the same names or addresses, is already up";
+  2  invalid input: bad arguments, or an invalid topology or scenario file (every problem
+     is printed)
+  3  conflict: the lab, or one using the same names or addresses, is already up
+  4  (run) the scenario needs something this machine lacks, e.g. netem; nothing was created
+  130, 143  (run) stopped by SIGINT or SIGTERM: the lab was taken down and a partial report
+     (complete: false) written";
 
 /// Exit code for failures while running.
 const FAILURE: u8 = 1;
@@ -26,6 +32,8 @@ const FAILURE: u8 = 1;
 const INVALID: u8 = 2;
 /// Exit code for a lab that collides with one that is up.
 const CONFLICT: u8 = 3;
+/// Exit code for a scenario this machine cannot run.
+const UNSUPPORTED: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(name = "lab", version, about = "Network labs for the DisGraFS eBPF Lab", after_help = EXIT_CODES)]
@@ -56,6 +64,10 @@ enum Command {
     /// Change a link of a lab that is up: impairments, or down/up (e.g. to simulate a flap).
     #[command(subcommand, after_help = EXIT_CODES)]
     Link(LinkCommand),
+    /// Run a scenario: bring its lab up, measure every variant in the seeded order, write
+    /// report.json, env.json, report.md and SVG plots into --out, take the lab down.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
     /// Print the ratios of report B against report A, per variant and metric, with 95 %
     /// bootstrap confidence intervals.
     Compare(CompareArgs),
@@ -108,6 +120,18 @@ struct LinkTarget {
     /// The lab (needed only when several are up).
     #[arg(long)]
     lab: Option<String>,
+    /// Start of every kernel name.
+    #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
+    prefix: Prefix,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Scenario file (TOML).
+    file: PathBuf,
+    /// Directory for the report (made if missing; existing report files are replaced).
+    #[arg(long)]
+    out: PathBuf,
     /// Start of every kernel name.
     #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
     prefix: Prefix,
@@ -182,6 +206,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec(&args, &states),
         Command::Link(command) => link(command, &states),
         Command::Compare(args) => compare(&args),
+        Command::Run(args) => run(&args, &states),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -488,4 +513,86 @@ fn compare(args: &CompareArgs) -> Result<(), u8> {
         return Err(INVALID);
     }
     write_stdout(&lab::report::comparison_text(&lines))
+}
+
+fn run(args: &RunArgs, states: &StateDir) -> Result<(), u8> {
+    let handler = GraphicalReportHandler::new();
+    let loaded = match lab::scenario::load(&args.file) {
+        Ok(loaded) => loaded,
+        Err(lab::scenario::LoadError::Invalid(diagnostics)) => {
+            eprint!("{}", diagnostics.render(&handler));
+            return Err(invalid(format!(
+                "{} is invalid ({} errors)",
+                args.file.display(),
+                diagnostics.error_count()
+            )));
+        }
+        Err(error @ lab::scenario::LoadError::Read { .. }) => return Err(fail(error)),
+    };
+    eprint!("{}", loaded.warnings.render(&handler));
+    let scenario = loaded.scenario;
+    let runtime = runtime()?;
+    let interrupt = Arc::new(run::Interrupt::new());
+    interrupt
+        .on_signals(runtime.handle(), &scenario.name.value)
+        .map_err(|e| fail(format!("cannot handle signals: {e}")))?;
+    let options = run::Options {
+        out: args.out.clone(),
+        prefix: args.prefix.clone(),
+        states: states.clone(),
+        progress_bar: std::io::stderr().is_terminal(),
+    };
+    let report = run::run(
+        &scenario,
+        &args.file,
+        &options,
+        runtime.handle(),
+        &interrupt,
+    )
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            run::Error::Unsupported { .. } => UNSUPPORTED,
+            run::Error::Up { source, .. } if matches!(*source, apply::Error::Conflict(_)) => {
+                CONFLICT
+            }
+            _ => FAILURE,
+        }
+    })?;
+    let mut text = format!(
+        "{} runs of scenario {} ({}); report in {}\n",
+        report.schedule.len(),
+        report.scenario,
+        if report.complete {
+            "complete"
+        } else {
+            "incomplete"
+        },
+        args.out.display()
+    );
+    let lines: Vec<lab::report::Comparison> = report
+        .ratios
+        .iter()
+        .flat_map(|(variant, metrics)| {
+            metrics
+                .iter()
+                .map(|(metric, ratio)| lab::report::Comparison {
+                    variant: variant.clone(),
+                    metric: metric.clone(),
+                    ratio: *ratio,
+                })
+        })
+        .collect();
+    if let (false, Some(base)) = (lines.is_empty(), report.variants.first()) {
+        text += &format!(
+            "ratios against variant {} (B/A: mean of the variant / mean of {}):\n",
+            base.name, base.name
+        );
+        text += &lab::report::comparison_text(&lines);
+    }
+    write_stdout(&text)?;
+    match interrupt.signal() {
+        Some(signal) if !report.complete => Err(u8::try_from(128 + signal).unwrap_or(FAILURE)),
+        _ => Ok(()),
+    }
 }

@@ -59,13 +59,23 @@ fn schedule_text(s: &scenario::Scenario) -> String {
 #[test]
 fn shipped_rr_scenario() {
     let s = shipped("baseline-rr.toml");
-    assert_eq!(s.variants.len(), 2);
-    assert_eq!(s.variants[0].impair[0].impair[0].delay, None);
-    assert_eq!(
-        s.variants[1].impair[0].impair[1].delay,
-        Some(Nanos(1_000_000))
+    let names: Vec<&str> = s.variants.iter().map(|v| v.name.value.as_str()).collect();
+    assert_eq!(names, ["off", "monitor"]);
+    assert!(s.variants[0].accelerators.is_empty());
+    assert!(matches!(
+        &s.variants[1].accelerators[0].kind,
+        AcceleratorKind::Monitor { iface, .. } if iface.value == "eth0"
+    ));
+    assert_eq!(s.variants[1].accelerators[0].node.value, "server");
+    // Nothing needs netem: it runs on any kernel.
+    assert!(
+        s.topology
+            .links
+            .iter()
+            .all(|l| l.impair.iter().all(|i| i.is_none()))
     );
-    assert_eq!(s.workloads[0].to.addr.to_string(), "10.77.0.2:5201");
+    assert!(s.variants.iter().all(|v| v.impair.is_empty()));
+    assert_eq!(s.workloads[0].to.addr.to_string(), "10.78.0.2:5201");
     assert!(matches!(
         s.workloads[0].kind,
         WorkloadKind::TcpRr {
@@ -78,6 +88,19 @@ fn shipped_rr_scenario() {
 }
 
 #[test]
+fn shipped_netem_rr_scenario() {
+    let s = shipped("netem-rr.toml");
+    assert_eq!(s.variants.len(), 2);
+    assert_eq!(s.variants[0].impair[0].impair[0].delay, None);
+    assert_eq!(
+        s.variants[1].impair[0].impair[1].delay,
+        Some(Nanos(1_000_000))
+    );
+    assert_eq!(s.workloads[0].to.addr.to_string(), "10.77.0.2:5201");
+    insta::assert_snapshot!("netem_rr_schedule", schedule_text(&s));
+}
+
+#[test]
 fn shipped_stream_scenario() {
     let s = shipped("baseline-stream.toml");
     assert_eq!(s.workloads.len(), 2);
@@ -85,6 +108,7 @@ fn shipped_stream_scenario() {
         s.workloads[1].kind,
         WorkloadKind::TcpStream { write: 512, .. }
     ));
+    assert!(s.variants.iter().all(|v| v.impair.is_empty()));
     insta::assert_snapshot!("baseline_stream_schedule", schedule_text(&s));
 }
 
@@ -93,7 +117,7 @@ fn loading_twice_gives_the_same_schedule() {
     let a = shipped("baseline-rr.toml");
     let b = shipped("baseline-rr.toml");
     assert_eq!(a.schedule(), b.schedule());
-    assert_eq!(a.schedule().len(), 12);
+    assert_eq!(a.schedule().len(), 8);
 }
 
 #[test]

@@ -25,6 +25,19 @@ pub fn markdown(report: &Report, env: &Env) -> String {
             .as_ref()
             .map_or(String::new(), |r| format!(" · git {r}")),
     );
+    if !report.schedule.is_empty() {
+        let name = |index: usize| report.variants.get(index).map_or("?", |v| v.name.as_str());
+        let runs: Vec<String> = report
+            .schedule
+            .iter()
+            .map(|slot| format!("{}:{}", slot.repetition + 1, name(slot.variant)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Runs in order (repetition:variant): {}\n",
+            runs.join(" ")
+        );
+    }
     if let Some(base) = report.variants.first() {
         let _ = writeln!(
             out,

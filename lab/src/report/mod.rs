@@ -5,6 +5,7 @@
 //!
 //! ```json
 //! { "schema_version": 1, "scenario": "baseline-rr", "seed": 7, "complete": true,
+//!   "schedule": [ { "repetition": 0, "variant": 1 }, { "repetition": 0, "variant": 0 }, … ],
 //!   "variants": [ { "name": "clean",
 //!                   "repetitions": [ { "rr_per_s": 14000.0, "p99_us": 80.1 }, … ],
 //!                   "latency_cdf": [ [0.0, 50.2], …, [1.0, 310.0] ],   // (quantile, µs)
@@ -12,7 +13,9 @@
 //!   "ratios": { "netem-1ms": { "p99_us": { "ratio": 28.1, "ci_low": 27.0, "ci_high": 29.3 } } } }
 //! ```
 //!
-//! Metric names end in their unit (`_us`, `_per_s`, `_bytes`, …); `ratios[variant][metric]`
+//! `schedule` lists the measured runs in the order they ran (variants by index): the
+//! scenario's seeded schedule, or its beginning when the run was interrupted. Metric names end
+//! in their unit (`_us`, `_per_s`, `_bytes`, …); `ratios[variant][metric]`
 //! is mean(variant) / mean(first variant) over repetitions with a 95 % bootstrap interval.
 
 mod env;
@@ -26,6 +29,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::measure::{RatioCi, ratio_ci};
+use crate::scenario::Slot;
 
 pub use env::Env;
 pub use markdown::markdown;
@@ -45,6 +49,10 @@ pub struct Report {
     pub seed: u64,
     /// False when the run was interrupted: some repetitions are missing.
     pub complete: bool,
+    /// The measured runs in the order they ran: the scenario's schedule, or its beginning
+    /// when the run was interrupted (empty in reports not made by a run).
+    #[serde(default)]
+    pub schedule: Vec<Slot>,
     /// Per variant, in the scenario's order.
     pub variants: Vec<VariantResults>,
     /// `ratios[variant][metric]` against the first variant.
@@ -101,6 +109,7 @@ impl Report {
             scenario: scenario.to_owned(),
             seed,
             complete,
+            schedule: Vec::new(),
             variants,
             ratios,
         }

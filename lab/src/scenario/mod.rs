@@ -232,6 +232,18 @@ pub enum WorkloadKind {
     },
 }
 
+impl WorkloadKind {
+    /// The kind's name in files: `tcp_rr`, `tcp_stream`, `udp_echo` or `http`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkloadKind::TcpRr { .. } => "tcp_rr",
+            WorkloadKind::TcpStream { .. } => "tcp_stream",
+            WorkloadKind::UdpEcho { .. } => "udp_echo",
+            WorkloadKind::Http { .. } => "http",
+        }
+    }
+}
+
 /// Names of the workload kinds, for help texts.
 pub const WORKLOAD_KINDS: &[&str] = &["tcp_rr", "tcp_stream", "udp_echo", "http"];
 

@@ -1,11 +1,11 @@
 //! The order in which variants run: interleaved within each repetition, counterbalanced.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
 
 /// One measured run: a variant in a repetition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     /// The repetition, from 0.
     pub repetition: u32,

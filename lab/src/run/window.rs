@@ -1,0 +1,604 @@
+//! One measured window: the variant's link settings and accelerators, the workloads run
+//! together, the events fired on a timer thread, and the counters read around it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use accel::monitor::{Monitor, Stats};
+use hdrhistogram::Histogram;
+
+use crate::apply::{self, LinkChange};
+use crate::measure::{
+    CpuTimes, LatencySummary, TcpCounters, busy_shares, cpu_seconds, cpu_seconds_per_gb, jain,
+    per_second,
+};
+use crate::scenario::{
+    AcceleratorKind, EventAction, MonitorMode, Scenario, Variant, Workload, WorkloadKind,
+};
+use crate::topology::{Impairment, Netns, Plan, Step, VethEnd};
+use crate::workloads::{
+    self, Site, Stop, TcpRr, TcpRrResult, TcpStream, TcpStreamResult, UdpEcho, UdpEchoResult,
+};
+
+/// A lab that is up, as the runner sees it: where each node lives and each link's ends.
+pub(super) struct Lab<'a> {
+    scenario: &'a Scenario,
+    plan: &'a Plan,
+    runtime: &'a tokio::runtime::Handle,
+    /// The namespace of each node that has one (host nodes live in the root namespace).
+    netns: HashMap<&'a str, &'a str>,
+    /// The veth ends of each of the topology's links, in the topology's order.
+    ends: Vec<[&'a VethEnd; 2]>,
+    /// Links whose settings a variant or an event changes: reset before every window.
+    touched: Vec<usize>,
+    /// The label of each workload in metric names.
+    labels: Vec<String>,
+    /// How many CPUs `/proc/stat` lists.
+    cpus: usize,
+}
+
+/// What one window measured.
+#[derive(Debug)]
+pub(super) struct Measured {
+    /// Metric values, named with their units.
+    pub metrics: BTreeMap<String, f64>,
+    /// Busy share of each CPU.
+    pub cpu_busy: Vec<f64>,
+    /// Round-trip latencies of the first workload that measures them.
+    pub latency: Option<Histogram<u64>>,
+    /// A short summary for the progress line.
+    pub summary: String,
+}
+
+/// What one workload measured.
+enum Outcome {
+    Rr(TcpRrResult),
+    Stream(TcpStreamResult),
+    Udp(UdpEchoResult),
+}
+
+/// An accelerator attached for one window; dropping it detaches.
+struct Attached {
+    /// `monitor.NODE-IFACE`, the start of its metric names.
+    label: String,
+    monitor: Monitor,
+}
+
+impl<'a> Lab<'a> {
+    /// The lab of `plan`, brought up from `scenario`'s topology.
+    pub(super) fn new(
+        scenario: &'a Scenario,
+        plan: &'a Plan,
+        runtime: &'a tokio::runtime::Handle,
+        cpus: usize,
+    ) -> Result<Self, String> {
+        let netns = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::CreateNamespace { ns, node } => Some((node.as_str(), ns.as_str())),
+                _ => None,
+            })
+            .collect();
+        let veths: Vec<[&VethEnd; 2]> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::CreateVeth { a, b, .. } => Some([a, b]),
+                _ => None,
+            })
+            .collect();
+        let ends = scenario
+            .topology
+            .links
+            .iter()
+            .map(|link| {
+                let first = &link.endpoints[0];
+                veths
+                    .iter()
+                    .find(|[a, _]| a.node == first.node.value && a.iface == first.iface.value)
+                    .copied()
+                    .ok_or_else(|| {
+                        format!(
+                            "the plan has no veth for the link {}",
+                            super::preflight::link_name(link)
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut touched: Vec<usize> = scenario
+            .variants
+            .iter()
+            .flat_map(|v| v.impair.iter().map(|o| o.link.index))
+            .chain(scenario.events.iter().map(|e| e.link.index))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        Ok(Self {
+            scenario,
+            plan,
+            runtime,
+            netns,
+            ends,
+            touched,
+            labels: labels(&scenario.workloads),
+            cpus,
+        })
+    }
+
+    /// Runs every workload for `duration`, measuring nothing.
+    pub(super) fn warm_up(&self, duration: Duration) -> Result<(), String> {
+        self.run_workloads(Some(duration)).map(drop)
+    }
+
+    /// Measures `variant` over one window.
+    pub(super) fn measure(&self, variant: &Variant) -> Result<Measured, String> {
+        self.reset_links(variant)?;
+        let attached = self.attach(variant)?;
+        let tcp_before = self.tcp_counters()?;
+        let cpu_before = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
+        let monitor_before: Vec<Stats> = attached
+            .iter()
+            .map(|a| a.monitor.stats().map_err(|e| format!("{}: {e}", a.label)))
+            .collect::<Result<_, _>>()?;
+        let started = Instant::now();
+        let outcomes = thread::scope(|scope| {
+            let (done, finished) = mpsc::channel::<()>();
+            let timer = scope.spawn(move || self.fire_events(started, &finished));
+            let outcomes = self.run_workloads(None);
+            drop(done);
+            let events = timer
+                .join()
+                .unwrap_or_else(|_| Err("the event timer thread panicked".to_owned()));
+            let outcomes = outcomes?;
+            events.map(|()| outcomes)
+        })?;
+        let elapsed = started.elapsed();
+        let cpu_after = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
+        let tcp_after = self.tcp_counters()?;
+        let mut metrics = BTreeMap::new();
+        let mut bytes = 0;
+        let mut latency = None;
+        for ((outcome, workload), label) in outcomes
+            .iter()
+            .zip(&self.scenario.workloads)
+            .zip(&self.labels)
+        {
+            bytes += workload_metrics(outcome, workload, label, &mut metrics);
+            if latency.is_none() {
+                latency = match outcome {
+                    Outcome::Rr(r) => Some(r.latency.clone()),
+                    Outcome::Udp(u) => Some(u.latency.clone()),
+                    Outcome::Stream(_) => None,
+                };
+            }
+        }
+        let mut cpu_busy = busy_shares(&cpu_before, &cpu_after);
+        cpu_busy.truncate(self.cpus);
+        let seconds = cpu_seconds(&cpu_before, &cpu_after);
+        metrics.insert("cpu_s".to_owned(), seconds);
+        if let Some(cost) = cpu_seconds_per_gb(seconds, bytes) {
+            metrics.insert("cpu_s_per_gb".to_owned(), cost);
+        }
+        if let Some(j) = jain(&cpu_busy) {
+            metrics.insert("cpu_jain".to_owned(), j);
+        }
+        if let (Some(before), Some(after)) = (tcp_before, tcp_after) {
+            let counts = after.since(&before);
+            metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
+            metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
+        }
+        for (attached, before) in attached.iter().zip(&monitor_before) {
+            let after = attached
+                .monitor
+                .stats()
+                .map_err(|e| format!("{}: {e}", attached.label))?;
+            self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+        }
+        drop(attached);
+        let summary = summary(&outcomes, &self.labels);
+        Ok(Measured {
+            metrics,
+            cpu_busy,
+            latency,
+            summary,
+        })
+    }
+
+    /// Puts every link a variant or an event changes into `variant`'s state: up, with the
+    /// variant's impairment or else the topology's.
+    fn reset_links(&self, variant: &Variant) -> Result<(), String> {
+        for &index in &self.touched {
+            let link = &self.scenario.topology.links[index];
+            let flaps = self.scenario.events.iter().any(|e| {
+                e.link.index == index && matches!(e.action, EventAction::Down | EventAction::Up)
+            });
+            let impair = variant
+                .impair
+                .iter()
+                .find(|o| o.link.index == index)
+                .map_or(&link.impair, |o| &o.impair);
+            for (end, impairment) in self.ends[index].iter().zip(impair) {
+                if flaps {
+                    self.change(end, &LinkChange::Up)?;
+                }
+                self.change(end, &impairment_change(impairment))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to one veth end; removing an impairment that is not there is no error.
+    fn change(&self, end: &VethEnd, change: &LinkChange) -> Result<(), String> {
+        let result = self
+            .runtime
+            .block_on(apply::change_link(self.plan, &end.ns, &end.dev, change));
+        match result {
+            Err(apply::Error::Netlink(e))
+                if *change == LinkChange::Clear && e.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("{}:{}: {change:?}: {e}", end.node, end.iface)),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Fires the scenario's events at their times from `start`, until `finished` says the
+    /// workloads are done.
+    fn fire_events(&self, start: Instant, finished: &mpsc::Receiver<()>) -> Result<(), String> {
+        for event in &self.scenario.events {
+            let at = start + Duration::from_nanos(event.at.value.0);
+            match finished.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let what = |e: String| {
+                format!(
+                    "event at {} on {}: {e}",
+                    event.at.value, event.link.endpoint.value
+                )
+            };
+            let ends = self.ends[event.link.index];
+            match &event.action {
+                EventAction::Down => ends
+                    .iter()
+                    .try_for_each(|end| self.change(end, &LinkChange::Down)),
+                EventAction::Up => ends
+                    .iter()
+                    .try_for_each(|end| self.change(end, &LinkChange::Up)),
+                EventAction::Impair(pair) => ends
+                    .iter()
+                    .zip(pair.iter())
+                    .try_for_each(|(end, i)| self.change(end, &impairment_change(i))),
+            }
+            .map_err(what)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches `variant`'s accelerators, each from a thread inside its node's namespace.
+    fn attach(&self, variant: &Variant) -> Result<Vec<Attached>, String> {
+        let mut attached = Vec::new();
+        for accelerator in &variant.accelerators {
+            let node = &accelerator.node.value;
+            match &accelerator.kind {
+                AcceleratorKind::Monitor { iface, mode } => {
+                    let end = self
+                        .ends
+                        .iter()
+                        .flatten()
+                        .find(|e| e.node == *node && e.iface == iface.value)
+                        .ok_or_else(|| {
+                            format!(
+                                "variant `{}`: node {node} has no interface {}",
+                                variant.name.value, iface.value
+                            )
+                        })?;
+                    let mode = match mode {
+                        MonitorMode::Auto => accel::AttachMode::Auto,
+                        MonitorMode::Native => accel::AttachMode::Native,
+                        MonitorMode::Generic => accel::AttachMode::Generic,
+                    };
+                    let attach = || Monitor::attach(&end.dev, mode);
+                    let monitor = match &end.ns {
+                        Netns::Named(ns) => lab_netlink::Netns::open(ns)
+                            .and_then(|ns| ns.run(attach))
+                            .map_err(|e| e.to_string())?,
+                        Netns::Root => thread::scope(|s| s.spawn(attach).join())
+                            .map_err(|_| "the attaching thread panicked".to_owned())?,
+                    }
+                    .map_err(|e| {
+                        format!(
+                            "variant `{}`: attach the monitor to {node}:{}: {e}",
+                            variant.name.value, iface.value
+                        )
+                    })?;
+                    attached.push(Attached {
+                        label: format!("monitor.{node}-{}", iface.value),
+                        monitor,
+                    });
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    /// The monitor's counts over the window: per CPU (the CPUs `/proc/stat` lists), rates and
+    /// the Jain index of frames over CPUs.
+    fn monitor_metrics(
+        &self,
+        label: &str,
+        before: &Stats,
+        after: &Stats,
+        elapsed: Duration,
+        metrics: &mut BTreeMap<String, f64>,
+    ) {
+        let mut frames = Vec::new();
+        let (mut total_frames, mut total_bytes, mut total_skb) = (0, 0, 0);
+        for cpu in after.per_cpu.iter().take(self.cpus) {
+            let was = before
+                .per_cpu
+                .iter()
+                .find(|c| c.cpu == cpu.cpu)
+                .map(|c| c.counters)
+                .unwrap_or_default();
+            let now = cpu.counters;
+            let f = now.xdp_frames.saturating_sub(was.xdp_frames);
+            total_frames += f;
+            total_bytes += now.xdp_bytes.saturating_sub(was.xdp_bytes);
+            total_skb += now.netif_receive_skb.saturating_sub(was.netif_receive_skb);
+            metrics.insert(format!("{label}.cpu{}_xdp_frames", cpu.cpu), f as f64);
+            frames.push(f as f64);
+        }
+        let rate = |n: u64| per_second(n as f64, elapsed);
+        metrics.insert(format!("{label}.xdp_frames_per_s"), rate(total_frames));
+        metrics.insert(format!("{label}.xdp_bytes_per_s"), rate(total_bytes));
+        metrics.insert(format!("{label}.netif_receive_skb_per_s"), rate(total_skb));
+        if let Some(j) = jain(&frames) {
+            metrics.insert(format!("{label}.xdp_jain"), j);
+        }
+    }
+
+    /// The TCP counters summed over every namespace a TCP workload runs in (retransmits count
+    /// at senders, out-of-order segments at receivers); `None` without TCP workloads.
+    fn tcp_counters(&self) -> Result<Option<TcpCounters>, String> {
+        let mut nodes: Vec<&str> = self
+            .scenario
+            .workloads
+            .iter()
+            .filter(|w| {
+                matches!(
+                    w.kind,
+                    WorkloadKind::TcpRr { .. } | WorkloadKind::TcpStream { .. }
+                )
+            })
+            .flat_map(|w| [w.from.value.as_str(), w.to.node.value.as_str()])
+            .map(|node| self.netns.get(node).copied().unwrap_or(""))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if nodes.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = TcpCounters::default();
+        for ns in nodes {
+            let read = if ns.is_empty() {
+                TcpCounters::read().map_err(|e| format!("TCP counters of the host: {e}"))
+            } else {
+                lab_netlink::Netns::open(ns)
+                    .and_then(|n| n.run(TcpCounters::read))
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("TCP counters of {ns}: {e}"))
+            }?;
+            sum.retransmits += read.retransmits;
+            sum.out_of_order += read.out_of_order;
+        }
+        Ok(Some(sum))
+    }
+
+    /// Runs every workload at once, each for `duration` or else its own.
+    fn run_workloads(&self, duration: Option<Duration>) -> Result<Vec<Outcome>, String> {
+        thread::scope(|scope| {
+            let running: Vec<_> = self
+                .scenario
+                .workloads
+                .iter()
+                .map(|w| {
+                    let stop = Stop::After(duration.unwrap_or(Duration::from_nanos(w.duration.0)));
+                    scope.spawn(move || self.run_workload(w, stop))
+                })
+                .collect();
+            running
+                .into_iter()
+                .zip(&self.labels)
+                .map(|(handle, label)| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(format!("workload {label}: its thread panicked")))
+                })
+                .collect()
+        })
+    }
+
+    fn run_workload(&self, w: &Workload, stop: Stop) -> Result<Outcome, String> {
+        let client = self.site(&w.from.value, &w.from_cpus);
+        let server = self.site(&w.to.node.value, &w.to_cpus);
+        let addr = w.to.addr;
+        let failed = |e: workloads::Error| {
+            format!(
+                "workload {} from {} to {}: {e}",
+                w.kind.name(),
+                w.from.value,
+                w.to.node.value
+            )
+        };
+        match w.kind {
+            WorkloadKind::TcpRr {
+                request,
+                response,
+                connections,
+            } => workloads::tcp_rr(
+                &server,
+                &client,
+                &TcpRr {
+                    addr,
+                    request,
+                    response,
+                    connections,
+                    stop,
+                },
+            )
+            .map(Outcome::Rr),
+            WorkloadKind::TcpStream {
+                message,
+                write,
+                connections,
+            } => workloads::tcp_stream(
+                &server,
+                &client,
+                &TcpStream {
+                    addr,
+                    message,
+                    write,
+                    connections,
+                    stop,
+                },
+            )
+            .map(Outcome::Stream),
+            WorkloadKind::UdpEcho { pps, size } => workloads::udp_echo(
+                &server,
+                &client,
+                &UdpEcho {
+                    addr,
+                    pps,
+                    size,
+                    stop,
+                },
+            )
+            .map(Outcome::Udp),
+            WorkloadKind::Http { .. } => {
+                return Err(format!(
+                    "workload http to {}: the runner has no HTTP client yet",
+                    w.to.node.value
+                ));
+            }
+        }
+        .map_err(failed)
+    }
+
+    fn site(&self, node: &str, cpus: &[usize]) -> Site {
+        Site {
+            netns: self
+                .netns
+                .get(node)
+                .map(|ns| PathBuf::from(format!("/run/netns/{ns}"))),
+            cpus: cpus.to_vec(),
+        }
+    }
+}
+
+/// The change that gives an interface `impairment` (none: remove it).
+fn impairment_change(impairment: &Impairment) -> LinkChange {
+    if impairment.is_none() {
+        LinkChange::Clear
+    } else {
+        LinkChange::Impair(impairment.clone())
+    }
+}
+
+/// Each workload's label in metric names: its kind, numbered from 1 when several share it.
+fn labels(workloads: &[Workload]) -> Vec<String> {
+    workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let kind = w.kind.name();
+            let same = workloads.iter().filter(|o| o.kind.name() == kind).count();
+            if same == 1 {
+                kind.to_owned()
+            } else {
+                let n = workloads[..i]
+                    .iter()
+                    .filter(|o| o.kind.name() == kind)
+                    .count()
+                    + 1;
+                format!("{kind}-{n}")
+            }
+        })
+        .collect()
+}
+
+/// Adds one workload's metrics, named `LABEL.metric`; returns the payload bytes it delivered.
+fn workload_metrics(
+    outcome: &Outcome,
+    workload: &Workload,
+    label: &str,
+    metrics: &mut BTreeMap<String, f64>,
+) -> u64 {
+    let mut put = |name: &str, value: f64| {
+        metrics.insert(format!("{label}.{name}"), value);
+    };
+    match (outcome, &workload.kind) {
+        (
+            Outcome::Rr(r),
+            WorkloadKind::TcpRr {
+                request, response, ..
+            },
+        ) => {
+            let bytes = r.round_trips * (request + response) as u64;
+            put("rr_per_s", r.rate());
+            put("bytes_per_s", per_second(bytes as f64, r.elapsed));
+            latency_metrics(&mut put, &r.latency);
+            bytes
+        }
+        (Outcome::Stream(s), _) => {
+            put("bytes_per_s", s.rate());
+            put("messages_per_s", per_second(s.messages as f64, s.elapsed));
+            s.bytes
+        }
+        (Outcome::Udp(u), WorkloadKind::UdpEcho { size, .. }) => {
+            put("echo_per_s", u.rate());
+            put("sent_per_s", per_second(u.sent as f64, u.elapsed));
+            if u.sent > 0 {
+                put("lost_fraction", u.lost() as f64 / u.sent as f64);
+            }
+            latency_metrics(&mut put, &u.latency);
+            // Each echo crosses the link twice.
+            2 * u.received * *size as u64
+        }
+        _ => 0,
+    }
+}
+
+/// The latency summary of `histogram` as metrics.
+fn latency_metrics(put: &mut impl FnMut(&str, f64), histogram: &Histogram<u64>) {
+    let s = LatencySummary::of(histogram);
+    put("latency_mean_us", s.mean_us);
+    put("p50_us", s.p50_us);
+    put("p90_us", s.p90_us);
+    put("p99_us", s.p99_us);
+    put("p999_us", s.p999_us);
+    put("max_us", s.max_us);
+}
+
+/// One line about a window: each workload's headline number.
+fn summary(outcomes: &[Outcome], labels: &[String]) -> String {
+    outcomes
+        .iter()
+        .zip(labels)
+        .map(|(outcome, label)| match outcome {
+            Outcome::Rr(r) => format!(
+                "{label} {:.0} rr/s p99 {:.1} µs",
+                r.rate(),
+                LatencySummary::of(&r.latency).p99_us
+            ),
+            Outcome::Stream(s) => format!("{label} {:.1} MB/s", s.rate() / 1e6),
+            Outcome::Udp(u) => format!("{label} {:.0} echoes/s, {} lost", u.rate(), u.lost()),
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
