@@ -31,6 +31,10 @@ lint:
 fmt:
     cargo fmt --all
 
+# Every accelerator's smoke test on every kernel of the matrix (QEMU; TCG here): table in target/lab-vm-matrix/
+matrix *ARGS:
+    cargo run --quiet --release -p lab-vm -- matrix --out target/lab-vm-matrix {{ARGS}}
+
 # star-100 `lab up`/`lab down` against the iproute2 floor, side by side (ratios)
 bench-lab ROUNDS="5":
     cargo build --quiet --release -p lab

@@ -37,6 +37,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sch_ingress",
 ];
 
+/// The modules the guest agent needs (its virtio-serial port), nothing else: images that need
+/// no network card and no host share boot faster with these plus what they use.
+pub const AGENT_MODULES: &[&str] = &["virtio_pci", "virtio_console"];
+
 /// What goes into an image besides busybox, init and the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitramfsSpec {

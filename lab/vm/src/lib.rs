@@ -5,6 +5,9 @@
 //! - [`initramfs`]: builds a newc initramfs with busybox, an init, modules and the guest agent.
 //! - [`vm`]: boots QEMU (TCG unless KVM provably works), talks to the agent, powers off and
 //!   scans the console for kernel splats.
+//! - [`smoke`]: the accelerators' smoke tests as data (`vm-images/smoke.toml`).
+//! - [`matrix_run`]: `lab-vm matrix`, every smoke test on every kernel, and the program ×
+//!   kernel table (Markdown and JSON).
 //!
 //! The guest agent's protocol is documented in the `lab_vm_agent` crate.
 
@@ -12,7 +15,9 @@ pub mod cpio;
 pub mod fetch;
 pub mod initramfs;
 pub mod matrix;
+pub mod matrix_run;
 pub mod modules;
+pub mod smoke;
 pub mod vm;
 pub mod vmlinux;
 
@@ -22,6 +27,7 @@ use std::path::PathBuf;
 pub use fetch::{Cache, Kernel};
 pub use initramfs::InitramfsSpec;
 pub use matrix::{KernelPin, Matrix, PackagePin};
+pub use smoke::SmokeTests;
 pub use vm::{Accel, CommandOutput, Vm, VmConfig};
 
 /// Everything that can go wrong in this crate; every variant names what and where.

@@ -1,11 +1,12 @@
-//! `lab-vm`: fetch matrix kernels, build initramfs images, and run commands in a VM.
+//! `lab-vm`: fetch matrix kernels, build initramfs images, run commands in a VM, and run the
+//! accelerator × kernel matrix.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lab_vm::{Cache, InitramfsSpec, Matrix, Vm, VmConfig, initramfs};
+use lab_vm::{Cache, InitramfsSpec, Matrix, SmokeTests, Vm, VmConfig, initramfs, matrix_run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +65,33 @@ enum Cmd {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Run every accelerator's smoke test on every kernel (or the named ones) and write the
+    /// accelerator × kernel table to DIR/matrix.md and DIR/matrix.json; exit 1 if anything
+    /// failed.
+    Matrix {
+        /// Matrix name of a kernel (repeatable; default: all).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Output directory (tables and console logs).
+        #[arg(long, default_value = "target/lab-vm-matrix")]
+        out: PathBuf,
+        /// The accel binary to test (default: `cargo build --release -p accel` of this
+        /// workspace).
+        #[arg(long)]
+        accel: Option<PathBuf>,
+        /// Smoke test file (default: the built-in vm-images/smoke.toml).
+        #[arg(long)]
+        smoke: Option<PathBuf>,
+        /// Virtual CPUs per VM.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Memory per VM in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        /// Seconds allowed for each boot and for each smoke test step.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
 }
 
@@ -175,6 +203,58 @@ fn run(cli: Cli) -> lab_vm::Result<ExitCode> {
             let _err = std::io::stderr().write_all(&output.stderr);
             vm.power_off(Duration::from_secs(10))?;
             Ok(ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)))
+        }
+        Cmd::Matrix {
+            kernels,
+            out,
+            accel,
+            smoke,
+            cpus,
+            memory,
+            timeout,
+        } => {
+            let pins = if kernels.is_empty() {
+                matrix.kernels.iter().collect()
+            } else {
+                kernels
+                    .iter()
+                    .map(|name| matrix.kernel(name))
+                    .collect::<lab_vm::Result<Vec<_>>>()?
+            };
+            let tests = match &smoke {
+                Some(path) => SmokeTests::load(path)?,
+                None => SmokeTests::builtin()?,
+            };
+            let accel = match accel {
+                Some(path) if path.is_file() => path,
+                Some(path) => {
+                    return Err(lab_vm::Error::Kernel(format!(
+                        "--accel {}: no such file",
+                        path.display()
+                    )));
+                }
+                None => matrix_run::build_accel()?,
+            };
+            let options = matrix_run::RunOptions {
+                accel,
+                out,
+                cpus,
+                memory_mib: memory,
+                boot_timeout: Duration::from_secs(timeout),
+                step_timeout: Duration::from_secs(timeout),
+            };
+            let report = matrix_run::run(&pins, &cache, &tests, &options)?;
+            report.write(&options.out)?;
+            print!("{}", report.markdown());
+            eprintln!(
+                "lab-vm matrix: wrote {0}/matrix.md and {0}/matrix.json",
+                options.out.display()
+            );
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
