@@ -134,9 +134,13 @@ fn timed_out(e: &io::Error) -> bool {
 }
 
 /// Errors that lose one datagram but not the run: an ICMP "port unreachable" reported on a
-/// later call, or a full device queue.
+/// later call, a full device queue, or no route while a link is down (a scenario event).
 fn transient(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::ConnectionRefused || e.raw_os_error() == Some(libc::ENOBUFS)
+    e.kind() == io::ErrorKind::ConnectionRefused
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOBUFS | libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN)
+        )
 }
 
 /// The client: a paced sender and a receiver on one connected socket.
@@ -277,5 +281,30 @@ fn receive(
             }
             Err(e) => return Err(Error::new("udp_echo: receive".to_owned(), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_down_errors_lose_a_datagram_not_the_run() {
+        for errno in [
+            libc::ENOBUFS,
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
+            libc::ENETDOWN,
+        ] {
+            assert!(
+                transient(&io::Error::from_raw_os_error(errno)),
+                "errno {errno}"
+            );
+        }
+        assert!(transient(&io::Error::from(
+            io::ErrorKind::ConnectionRefused
+        )));
+        assert!(!transient(&io::Error::from_raw_os_error(libc::EACCES)));
+        assert!(!transient(&io::Error::from_raw_os_error(libc::EBADF)));
     }
 }
