@@ -87,6 +87,14 @@ pub enum Error {
         /// What is wrong and where (byte offset, record number).
         message: String,
     },
+    /// An accelerator's configuration is invalid.
+    #[error("{accelerator} configuration: {message}")]
+    Config {
+        /// The accelerator.
+        accelerator: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// `BPF_PROG_TEST_RUN` left the program's counters in an unexpected state.
     #[error("BPF_PROG_TEST_RUN: {0}")]
     TestRun(String),

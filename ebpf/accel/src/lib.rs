@@ -3,7 +3,8 @@
 //! configures, reads statistics, pins and detaches.
 //!
 //! Pinned objects live under `/sys/fs/bpf/<prefix>/<accelerator>/<scope>/<interface>/`
-//! (see [`pin::PinLayout`]) so that attachments outlive the process that made them and
+//! (cgroup accelerators use `cg<cgroup inode>` in place of the interface; see
+//! [`pin::PinLayout`]) so that attachments outlive the process that made them and
 //! `accel … detach` or `lab down` can find and remove them later.
 
 mod error;
@@ -11,6 +12,7 @@ pub mod http_filter;
 pub mod monitor;
 mod object;
 pub mod pin;
+pub mod sock_redirect;
 
 pub use error::Error;
 pub use object::AttachMode;

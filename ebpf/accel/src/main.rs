@@ -16,6 +16,7 @@ use accel::{
     http_filter::{self, HttpFilter, PinnedHttpFilter, Policy, TestRunner, pcap},
     monitor::{self, Monitor, PinnedMonitor},
     pin::{BPFFS, DEFAULT_PREFIX, PinLayout},
+    sock_redirect::{self, PinnedSockRedirect, SockRedirect},
 };
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -49,6 +50,47 @@ enum Accelerator {
     /// HTTP request filter at XDP: allowed methods and path prefixes per destination port.
     #[command(subcommand)]
     HttpFilter(HttpFilterCommand),
+    /// Socket redirect for same-host TCP: sock_ops records the sockets of a cgroup v2
+    /// directory, sk_msg hands messages straight to the peer socket.
+    #[command(subcommand)]
+    SockRedirect(SockRedirectCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SockRedirectCommand {
+    /// Attach to a cgroup v2 directory and pin, so it keeps redirecting after accel exits.
+    Attach {
+        #[command(flatten)]
+        target: CgroupTarget,
+        /// Redirect connections with a local or remote port in this list (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        ports: Vec<u16>,
+        /// Messages below this many bytes are small: a socket sending more than 8 small
+        /// messages in a row without an answer moves to TCP for good. 0 turns the gate off.
+        #[arg(long, default_value_t = sock_redirect::DEFAULT_MIN_SIZE)]
+        min_size: u32,
+    },
+    /// Print the per-CPU counters and the number of recorded sockets.
+    Stats {
+        #[command(flatten)]
+        target: CgroupTarget,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop recording new connections and remove the pins; recorded connections keep
+    /// redirecting until they close.
+    Detach {
+        #[command(flatten)]
+        target: CgroupTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CgroupTarget {
+    /// The cgroup v2 directory (for example /sys/fs/cgroup/unified/lab).
+    #[arg(long)]
+    cgroup: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,7 +194,98 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.accelerator {
         Accelerator::Monitor(command) => monitor_command(command, &layout, scope),
         Accelerator::HttpFilter(command) => http_filter_command(command, &layout, scope),
+        Accelerator::SockRedirect(command) => sock_redirect_command(command, &layout, scope),
     }
+}
+
+fn sock_redirect_command(
+    command: SockRedirectCommand,
+    layout: &PinLayout,
+    scope: &str,
+) -> anyhow::Result<()> {
+    match command {
+        SockRedirectCommand::Attach {
+            target,
+            ports,
+            min_size,
+        } => {
+            let config = sock_redirect::Config::new(&ports, min_size)?;
+            let pinned = SockRedirect::attach_pinned(&target.cgroup, &config, layout, scope)?;
+            println!(
+                "sock_redirect attached to {} for ports {:?} (min size {min_size}), pinned at {}",
+                target.cgroup.display(),
+                config.ports(),
+                pinned.dir().display()
+            );
+        }
+        SockRedirectCommand::Stats { target, json } => {
+            let stats = PinnedSockRedirect::open(layout, scope, &target.cgroup)?.stats()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({
+                        "cgroup": target.cgroup,
+                        "per_cpu": stats.per_cpu,
+                        "total": stats.total(),
+                        "sockets": stats.sockets,
+                        "states": stats.states,
+                    }))?
+                );
+            } else {
+                print_redirect_table(&target.cgroup, &stats);
+            }
+        }
+        SockRedirectCommand::Detach { target } => {
+            let pinned = PinnedSockRedirect::open(layout, scope, &target.cgroup)?;
+            let dir = pinned.dir().to_owned();
+            pinned.detach()?;
+            println!(
+                "sock_redirect detached from {} (removed {})",
+                target.cgroup.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
+    println!(
+        "sock_redirect on {}: {} sockets recorded",
+        cgroup.display(),
+        stats.sockets
+    );
+    println!(
+        "{:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>13}",
+        "cpu",
+        "established",
+        "removed",
+        "redirect_msgs",
+        "redirect_bytes",
+        "pass_msgs",
+        "pass_bytes",
+        "no_peer",
+        "gated",
+        "record_failed"
+    );
+    let row = |cpu: &str, c: &sock_redirect::Totals| {
+        println!(
+            "{cpu:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>13}",
+            c.established,
+            c.removed,
+            c.redirected_msgs,
+            c.redirected_bytes,
+            c.passed_msgs,
+            c.passed_bytes,
+            c.no_peer,
+            c.gated,
+            c.record_failed
+        );
+    };
+    for c in &stats.per_cpu {
+        row(&c.cpu.to_string(), &c.counters);
+    }
+    row("all", &stats.total());
 }
 
 fn http_filter_command(

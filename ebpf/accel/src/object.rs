@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -86,8 +86,10 @@ pub(crate) fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink> {
 }
 
 /// `bpf(2)` commands used directly: aya 0.14 can neither open a pinned link as a raw fd nor
-/// detach a link other than by closing it.
+/// detach a link other than by closing it, and ties a program attached to a sockmap to a link
+/// object whose drop detaches it.
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_LINK_DETACH: libc::c_long = 34;
 /// `ENOTSUPP`, the kernel-internal errno some link types answer BPF_LINK_DETACH with.
 const ENOTSUPP: i32 = 524;
@@ -111,6 +113,27 @@ pub(crate) fn detach_pinned_link(path: &Path) -> Result<()> {
         ) {
             return Err(Error::io(path)(e));
         }
+    }
+    Ok(())
+}
+
+/// Attaches `program` to `map` (`BPF_PROG_ATTACH`, `attach_type` such as
+/// `BPF_SK_MSG_VERDICT`). The map holds the program from then on: the attachment ends when
+/// the map is freed or its last user reference (fd or pin) goes away.
+pub(crate) fn attach_to_map(
+    program: BorrowedFd<'_>,
+    map: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
+    // SAFETY: `attr` is a zeroed bpf_attr whose target_fd, attach_bpf_fd and attach_type are
+    // set; the kernel reads at most `attr.len()` bytes of it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, attr.as_ptr(), attr.len()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

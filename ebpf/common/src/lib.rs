@@ -7,3 +7,4 @@
 
 pub mod http_filter;
 pub mod monitor;
+pub mod sock_redirect;

@@ -1,0 +1,185 @@
+//! The socket redirect's map layout and the gate rule both sides of it agree on.
+//!
+//! # Maps
+//! - [`SOCKETS_MAP`]: sockhash [`SockKey`] → socket. The sock_ops program inserts every TCP
+//!   socket of the attached cgroup that reaches ESTABLISHED (active or passive open) with a
+//!   local or remote port in [`PORTS_MAP`]. The kernel unlinks a socket when the application
+//!   closes it (or the kernel destroys it); removing it earlier, at `TCP_CLOSE`, would discard
+//!   redirected bytes its reader has not read yet (TIME_WAIT and resets reach `TCP_CLOSE`
+//!   while the socket is still open).
+//! - [`STATES_MAP`]: hash [`SockKey`] → [`SockState`], the per-socket gate decision; inserted
+//!   with the [`SOCKETS_MAP`] entry, deleted by the sock_ops program at `TCP_CLOSE`.
+//! - [`PORTS_MAP`]: hash `u16` port (host order) → [`PortConfig`]: the ports in scope.
+//! - [`COUNTERS_MAP`]: per-CPU array, one [`Counters`] slot.
+//!
+//! # Keys
+//! A [`SockKey`] is the connection as seen from one socket: its network namespace cookie, local
+//! and remote address as IPv6 (IPv4 as v4-mapped `::ffff:a.b.c.d`, so an IPv4 client and a
+//! dual-stack IPv6 server socket produce matching keys) and ports in host order. The peer of a
+//! socket on this host has the reversed key ([`SockKey::peer`]).
+//!
+//! # The gate
+//! Each socket sends either through its peer's receive queue (redirect) or through TCP, and can
+//! change only once, from redirect to TCP, never back. A socket starts redirecting; it switches
+//! to TCP for good when
+//! - its peer is not in [`SOCKETS_MAP`] when it sends (not on this host, not in scope, closed),
+//! - it had already sent data through TCP before it was recorded (TCP Fast Open), or
+//! - it sends more than [`SMALL_RUN_LIMIT`] messages in a row smaller than its port's
+//!   [`PortConfig::min_size`] without its peer sending anything in between: a stream of small
+//!   writes, which the stack's segment coalescing serves better. Request/response traffic
+//!   resets the run with every answer, so it keeps the redirect.
+//!
+//! Why this cannot reorder, lose or duplicate bytes: a redirected message is queued on the
+//! peer's ingress queue before `sendmsg` returns, and the peer's `recvmsg` drains that queue
+//! before it reads the TCP receive queue. Bytes sent through TCP after the switch therefore
+//! reach the reader after every redirected byte. The opposite switch (TCP first, then redirect)
+//! could overtake bytes still in flight and is never made. Each message goes one way as a whole.
+
+/// The sock_ops program.
+pub const SOCK_OPS_PROGRAM: &str = "sock_redirect_ops";
+/// The sk_msg program.
+pub const SK_MSG_PROGRAM: &str = "sock_redirect_msg";
+
+/// Name of the sockhash.
+pub const SOCKETS_MAP: &str = "SR_SOCKETS";
+/// Name of the per-socket gate state map.
+pub const STATES_MAP: &str = "SR_STATES";
+/// Name of the ports map.
+pub const PORTS_MAP: &str = "SR_PORTS";
+/// Name of the per-CPU counters.
+pub const COUNTERS_MAP: &str = "SR_COUNTERS";
+
+/// Most sockets recorded at once (each connection on this host takes two entries).
+pub const MAX_SOCKETS: u32 = 65_536;
+/// Most ports in scope.
+pub const MAX_PORTS: u32 = 64;
+/// Consecutive small messages, without an answer from the peer, after which a socket sends
+/// through TCP.
+pub const SMALL_RUN_LIMIT: u32 = 8;
+
+/// [`SockState::mode`]: messages go to the peer's receive queue.
+pub const MODE_REDIRECT: u32 = 0;
+/// [`SockState::mode`]: messages go through TCP, for the rest of the socket's life.
+pub const MODE_TCP: u32 = 1;
+
+/// A connection as seen from one of its sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockKey {
+    /// The socket's network namespace cookie.
+    pub netns: u64,
+    /// Local address, IPv6 or v4-mapped, as the four 32-bit words of its bytes.
+    pub local_ip: [u32; 4],
+    /// Remote address, same form.
+    pub remote_ip: [u32; 4],
+    /// Local port, host order.
+    pub local_port: u32,
+    /// Remote port, host order.
+    pub remote_port: u32,
+}
+
+impl SockKey {
+    /// The key of the socket at the other end of this connection.
+    pub const fn peer(&self) -> Self {
+        Self {
+            netns: self.netns,
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+}
+
+/// An IPv4 address (its bytes as one word, as the kernel hands it over) as a v4-mapped IPv6
+/// address in words.
+pub const fn v4_mapped(ip4: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ip4]
+}
+
+/// One socket's gate state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    /// [`MODE_REDIRECT`] or [`MODE_TCP`].
+    pub mode: u32,
+    /// Small messages sent in a row since the peer last sent.
+    pub small_run: u32,
+}
+
+/// What one port in scope asks for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Messages of fewer bytes are small (see the gate); 0 turns the gate off.
+    pub min_size: u32,
+}
+
+/// Counters of one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Sockets recorded at ESTABLISHED.
+    pub established: u64,
+    /// Sockets that could not be recorded (map full, or the kernel refused the socket).
+    pub record_failed: u64,
+    /// Gate states removed at `TCP_CLOSE`.
+    pub removed: u64,
+    /// Messages redirected to the peer.
+    pub redirected_msgs: u64,
+    /// Their bytes.
+    pub redirected_bytes: u64,
+    /// Messages passed to TCP.
+    pub passed_msgs: u64,
+    /// Their bytes.
+    pub passed_bytes: u64,
+    /// Sockets switched to TCP because their peer was missing when they sent.
+    pub no_peer: u64,
+    /// Sockets switched to TCP by the small-message gate.
+    pub gated: u64,
+}
+
+// SAFETY: #[repr(C)] structs of u32/u64 fields whose sizes leave no padding (SockKey 48,
+// SockState 8, PortConfig 4, Counters 72 bytes); every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockState {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortConfig {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Counters {}
+
+const _: () = {
+    assert!(size_of::<SockKey>() == 48);
+    assert!(size_of::<SockState>() == 8);
+    assert!(size_of::<PortConfig>() == 4);
+    assert!(size_of::<Counters>() == 72);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_of_peer_is_self_and_v4_mapped_matches_ipv6_form() {
+        let key = SockKey {
+            netns: 7,
+            local_ip: v4_mapped(u32::from_ne_bytes([127, 0, 0, 1])),
+            remote_ip: v4_mapped(u32::from_ne_bytes([10, 0, 0, 2])),
+            local_port: 8080,
+            remote_port: 40000,
+        };
+        assert_eq!(key.peer().peer(), key);
+        assert_eq!(key.peer().local_port, 40000);
+        let mapped: [u8; 16] = "::ffff:127.0.0.1"
+            .parse::<core::net::Ipv6Addr>()
+            .map(|a| a.octets())
+            .unwrap_or_default();
+        let words = key.local_ip.map(u32::to_ne_bytes);
+        assert_eq!(words.as_flattened(), mapped);
+    }
+}
