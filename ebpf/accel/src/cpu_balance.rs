@@ -1,0 +1,967 @@
+//! CPU balancer at XDP: redirects the flows arriving on one interface through a cpumap to a
+//! weighted set of CPUs, by a symmetric 5-tuple hash and a slot table (map layout and the rule
+//! that keeps every flow on one CPU: `ebpf_common::cpu_balance`).
+//!
+//! # Weights
+//! [`Weights`] (`{cpu: weight}`, text form `0=1,1=3`) fill the [`SLOTS`]-entry slot table by
+//! the largest-remainder method, so a CPU receives `weight / Σweights` of the flows to within
+//! 1/[`SLOTS`]. A change keeps every slot whose CPU still has room and rewrites only the
+//! others, so it moves as few flows as the new weights allow; busy flows stay where they are
+//! in any case until they idle for `FLOW_IDLE_NS` (100 ms), unless their CPU left the set.
+//!
+//! # Checksums on veth
+//! A frame redirected through a cpumap loses its skb: the cpumap builds a new one, marked as
+//! carrying no checksum information. A sender that leaves the TCP/UDP checksum to offload
+//! (`CHECKSUM_PARTIAL`, the default on veth) hands over segments whose checksum field holds only
+//! the pseudo-header sum, and the receiver drops them as corrupt. Turn transmit checksum
+//! offload off on the sending side — the veth peer, in its own namespace — with
+//! [`set_tx_checksum`] (the `SIOCETHTOOL` ioctl, `ETHTOOL_STXCSUM`), or
+//! `accel --netns NS cpu-balance tx-checksum --iface PEER --set off`.
+
+use std::{
+    borrow::Borrow,
+    collections::BTreeMap,
+    fmt, io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, CpuMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        xdp::XdpMapError,
+    },
+    programs::{ProgramFd, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+    sys::SyscallError,
+};
+use aya_obj::programs::XdpAttachType;
+use ebpf_common::cpu_balance::{
+    COUNTERS_MAP, CPUS_MAP, Counters, FAMILY_V4, FAMILY_V6, FlowKey, LANDED_MAP, LANDED_PROGRAM,
+    NO_CPU, PROGRAM, SLOTS, SLOTS_MAP, TARGET_HITS_MAP, WEIGHTS_MAP,
+};
+use serde::Serialize;
+
+use crate::{
+    AttachMode, Error, Result,
+    object::{self, map_error, pin_error, pin_link, pinned_link_program, program_error},
+    pin::PinLayout,
+};
+
+/// The accelerator's name in pin paths and messages.
+pub const ACCELERATOR: &str = "cpu_balance";
+/// Frames each target CPU's cpumap queue holds.
+pub const QUEUE_SIZE: u32 = 2048;
+/// The largest weight accepted.
+pub const MAX_WEIGHT: u32 = 1 << 16;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_balance"));
+
+/// Pin file names inside an attachment directory.
+const LINK_PIN: &str = "xdp_link";
+const LANDED_PROGRAM_PIN: &str = "landed_program";
+const CPUS_PIN: &str = "cpus";
+const SLOTS_PIN: &str = "slots";
+const WEIGHTS_PIN: &str = "weights";
+const TARGET_HITS_PIN: &str = "target_hits";
+const LANDED_PIN: &str = "landed";
+const COUNTERS_PIN: &str = "counters";
+
+/// Relative weights of the CPUs in the set; CPUs not named (or weighted 0) get no flows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Weights(BTreeMap<u32, u32>);
+
+impl Weights {
+    /// Weights from `(cpu, weight)` pairs; zero weights are left out. At least one weight must
+    /// be positive, and none above [`MAX_WEIGHT`].
+    pub fn new(pairs: impl IntoIterator<Item = (u32, u32)>) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for (cpu, weight) in pairs {
+            if weight > MAX_WEIGHT {
+                return Err(config(format!(
+                    "weight {weight} of CPU {cpu} is above the maximum {MAX_WEIGHT}"
+                )));
+            }
+            if map.insert(cpu, weight).is_some() {
+                return Err(config(format!("CPU {cpu} is weighted twice")));
+            }
+        }
+        map.retain(|_, w| *w > 0);
+        if map.is_empty() {
+            return Err(config("no CPU has a positive weight".into()));
+        }
+        Ok(Self(map))
+    }
+
+    /// Weight 1 for each CPU of `cpus`.
+    pub fn equal(cpus: impl IntoIterator<Item = u32>) -> Result<Self> {
+        Self::new(cpus.into_iter().map(|cpu| (cpu, 1)))
+    }
+
+    /// Weight 1 for every online CPU.
+    pub fn online() -> Result<Self> {
+        let cpus = aya::util::online_cpus().map_err(|(path, source)| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::equal(cpus)
+    }
+
+    /// The weight of `cpu` (0 when it is not in the set).
+    pub fn get(&self, cpu: u32) -> u32 {
+        self.0.get(&cpu).copied().unwrap_or(0)
+    }
+
+    /// The CPUs of the set and their weights, in CPU order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.0.iter().map(|(c, w)| (*c, *w))
+    }
+
+    /// How many of the [`SLOTS`] slots each CPU gets: the largest-remainder apportionment
+    /// (ties to the lower CPU), summing to exactly [`SLOTS`].
+    pub fn quotas(&self) -> BTreeMap<u32, u32> {
+        let total: u64 = self.0.values().map(|w| u64::from(*w)).sum();
+        let mut quotas = BTreeMap::new();
+        let mut remainders = Vec::new();
+        let mut given = 0;
+        for (&cpu, &weight) in &self.0 {
+            let share = u64::from(SLOTS) * u64::from(weight);
+            let quota = (share / total) as u32;
+            quotas.insert(cpu, quota);
+            given += quota;
+            remainders.push((share % total, cpu));
+        }
+        remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, cpu) in remainders.into_iter().take((SLOTS - given) as usize) {
+            *quotas.entry(cpu).or_default() += 1;
+        }
+        quotas
+    }
+
+    /// The slot table for these weights, starting from `current`: slots whose CPU still has
+    /// quota left keep it, the others go to the CPU with the most quota left.
+    pub fn slot_table(&self, current: &[u32]) -> Vec<u32> {
+        let mut left = self.quotas();
+        let mut table: Vec<u32> = (0..SLOTS as usize)
+            .map(|i| {
+                let cpu = current.get(i).copied().unwrap_or(NO_CPU);
+                match left.get_mut(&cpu) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        cpu
+                    }
+                    _ => NO_CPU,
+                }
+            })
+            .collect();
+        for slot in table.iter_mut().filter(|s| **s == NO_CPU) {
+            let Some((&cpu, n)) = left
+                .iter_mut()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            else {
+                break;
+            };
+            *n -= 1;
+            *slot = cpu;
+        }
+        table
+    }
+}
+
+impl FromStr for Weights {
+    type Err = Error;
+
+    /// Parses `CPU=WEIGHT[,CPU=WEIGHT...]`, for example `0=1,1=3`.
+    fn from_str(text: &str) -> Result<Self> {
+        let pairs = text
+            .split(',')
+            .map(|pair| {
+                let (cpu, weight) = pair.trim().split_once('=').ok_or_else(|| {
+                    config(format!("{pair:?} is not CPU=WEIGHT (for example 0=1,1=3)"))
+                })?;
+                let number = |what: &str, s: &str| {
+                    s.trim()
+                        .parse::<u32>()
+                        .map_err(|e| config(format!("{what} {s:?} in {pair:?}: {e}")))
+                };
+                Ok((number("CPU", cpu)?, number("weight", weight)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(pairs)
+    }
+}
+
+impl fmt::Display for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pairs: Vec<String> = self.iter().map(|(c, w)| format!("{c}={w}")).collect();
+        f.write_str(&pairs.join(","))
+    }
+}
+
+fn config(message: String) -> Error {
+    Error::Config {
+        accelerator: ACCELERATOR,
+        message,
+    }
+}
+
+/// The flow key the program computes for a packet of `protocol` (6 TCP, 17 UDP, …) from `src`
+/// to `dst`; `None` when the two addresses are of different families. The same key, and so
+/// the same CPU, comes out for the reverse direction.
+pub fn flow_key(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Option<FlowKey> {
+    let words = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => [u32::from(v4), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [0, 4, 8, 12].map(|i| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+        }
+    };
+    let family = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => FAMILY_V4,
+        (IpAddr::V6(_), IpAddr::V6(_)) => FAMILY_V6,
+        _ => return None,
+    };
+    Some(FlowKey::new(
+        family,
+        protocol,
+        words(src.ip()),
+        src.port(),
+        words(dst.ip()),
+        dst.port(),
+    ))
+}
+
+/// Receive-side counters, for one CPU or summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Frames that reached the program.
+    pub packets: u64,
+    /// Frames redirected to a CPU of the set.
+    pub redirected: u64,
+    /// Passed: not IP, or headers truncated.
+    pub passed_other: u64,
+    /// Passed: IP fragments.
+    pub passed_fragment: u64,
+    /// Passed: the slot table had no CPU.
+    pub passed_no_cpu: u64,
+    /// Passed: the chosen CPU had no cpumap entry.
+    pub redirect_failed: u64,
+    /// Flows seen for the first time (or again after the flow table forgot them).
+    pub new_flows: u64,
+    /// Idle flows that moved to another CPU.
+    pub moved_flows: u64,
+}
+
+impl Totals {
+    fn add(&mut self, c: &Counters) {
+        self.packets += c.packets;
+        self.redirected += c.redirected;
+        self.passed_other += c.passed_other;
+        self.passed_fragment += c.passed_fragment;
+        self.passed_no_cpu += c.passed_no_cpu;
+        self.redirect_failed += c.redirect_failed;
+        self.new_flows += c.new_flows;
+        self.moved_flows += c.moved_flows;
+    }
+}
+
+/// One CPU's view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CpuStats {
+    /// The CPU's index.
+    pub cpu: u32,
+    /// Its weight (0: not in the set).
+    pub weight: u32,
+    /// Slot table entries pointing at it.
+    pub slots: u32,
+    /// Frames redirected to it (by any receiving CPU).
+    pub targeted: u64,
+    /// Frames its cpumap queue delivered on it.
+    pub landed: u64,
+    /// What the program did for frames received on it.
+    #[serde(flatten)]
+    pub received: Totals,
+}
+
+/// A snapshot of the balancer's counters and configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// The interface.
+    pub iface: String,
+    /// Per possible CPU, in CPU order.
+    pub per_cpu: Vec<CpuStats>,
+}
+
+impl Stats {
+    /// Receive-side counters summed over all CPUs.
+    pub fn total(&self) -> Totals {
+        let mut sum = Totals::default();
+        for c in &self.per_cpu {
+            let r = &c.received;
+            sum.add(&Counters {
+                packets: r.packets,
+                redirected: r.redirected,
+                passed_other: r.passed_other,
+                passed_fragment: r.passed_fragment,
+                passed_no_cpu: r.passed_no_cpu,
+                redirect_failed: r.redirect_failed,
+                new_flows: r.new_flows,
+                moved_flows: r.moved_flows,
+            });
+        }
+        sum
+    }
+
+    /// Frames redirected to each CPU, in CPU order.
+    pub fn targeted(&self) -> Vec<u64> {
+        self.per_cpu.iter().map(|c| c.targeted).collect()
+    }
+
+    /// Frames delivered on each CPU by the cpumap, in CPU order.
+    pub fn landed(&self) -> Vec<u64> {
+        self.per_cpu.iter().map(|c| c.landed).collect()
+    }
+}
+
+/// The balancer's maps, owned (taken from a loaded object) or opened from pins.
+struct Maps {
+    cpus: CpuMap<MapData>,
+    slots: Array<MapData, u32>,
+    weights: Array<MapData, u32>,
+    targeted: PerCpuArray<MapData, u64>,
+    landed: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counters>,
+}
+
+impl fmt::Debug for Maps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Maps").finish_non_exhaustive()
+    }
+}
+
+const MAP_NAMES: [&str; 6] = [
+    CPUS_MAP,
+    SLOTS_MAP,
+    WEIGHTS_MAP,
+    TARGET_HITS_MAP,
+    LANDED_MAP,
+    COUNTERS_MAP,
+];
+const MAP_PINS: [&str; 6] = [
+    CPUS_PIN,
+    SLOTS_PIN,
+    WEIGHTS_PIN,
+    TARGET_HITS_PIN,
+    LANDED_PIN,
+    COUNTERS_PIN,
+];
+
+impl Maps {
+    /// Takes the maps out of a loaded object (the program keeps using them).
+    fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut maps = Vec::new();
+        for name in MAP_NAMES {
+            maps.push(object::take_map(ebpf, ACCELERATOR, name)?);
+        }
+        Self::typed(maps, |i| MAP_NAMES[i].to_owned())
+    }
+
+    /// Opens the maps pinned in `dir`.
+    fn open(dir: &Path) -> Result<Self> {
+        let path = |i: usize| dir.join(MAP_PINS[i]);
+        let data = |i| object::pinned_map(&path(i));
+        let maps = vec![
+            Map::CpuMap(data(0)?),
+            Map::Array(data(1)?),
+            Map::Array(data(2)?),
+            Map::PerCpuArray(data(3)?),
+            Map::PerCpuArray(data(4)?),
+            Map::PerCpuArray(data(5)?),
+        ];
+        Self::typed(maps, |i| path(i).display().to_string())
+    }
+
+    fn typed(maps: Vec<Map>, name: impl Fn(usize) -> String) -> Result<Self> {
+        let mut maps = maps.into_iter();
+        let mut next = |i: usize| {
+            maps.next().ok_or_else(|| Error::WrongType {
+                object: ACCELERATOR,
+                name: MAP_NAMES[i],
+            })
+        };
+        Ok(Self {
+            cpus: CpuMap::try_from(next(0)?).map_err(map_error(&name(0)))?,
+            slots: Array::try_from(next(1)?).map_err(map_error(&name(1)))?,
+            weights: Array::try_from(next(2)?).map_err(map_error(&name(2)))?,
+            targeted: PerCpuArray::try_from(next(3)?).map_err(map_error(&name(3)))?,
+            landed: PerCpuArray::try_from(next(4)?).map_err(map_error(&name(4)))?,
+            counters: PerCpuArray::try_from(next(5)?).map_err(map_error(&name(5)))?,
+        })
+    }
+
+    /// Pins every map into `dir`.
+    fn pin(self, dir: &Path) -> Result<()> {
+        let pin = |result: Result<(), aya::pin::PinError>, file: &str| {
+            let path = dir.join(file);
+            result.map_err(|e| pin_error(&path)(e.into()))
+        };
+        pin(self.cpus.pin(dir.join(CPUS_PIN)), CPUS_PIN)?;
+        pin(self.slots.pin(dir.join(SLOTS_PIN)), SLOTS_PIN)?;
+        pin(self.weights.pin(dir.join(WEIGHTS_PIN)), WEIGHTS_PIN)?;
+        pin(
+            self.targeted.pin(dir.join(TARGET_HITS_PIN)),
+            TARGET_HITS_PIN,
+        )?;
+        pin(self.landed.pin(dir.join(LANDED_PIN)), LANDED_PIN)?;
+        pin(self.counters.pin(dir.join(COUNTERS_PIN)), COUNTERS_PIN)
+    }
+
+    /// The number of CPU indexes the maps cover (the possible CPUs).
+    fn cpu_slots(&self) -> u32 {
+        self.cpus.len()
+    }
+
+    fn current_weights(&self) -> Result<Vec<u32>> {
+        (0..self.cpu_slots())
+            .map(|cpu| self.weights.get(&cpu, 0).map_err(map_error(WEIGHTS_MAP)))
+            .collect()
+    }
+
+    fn current_slots(&self) -> Result<Vec<u32>> {
+        (0..SLOTS)
+            .map(|i| self.slots.get(&i, 0).map_err(map_error(SLOTS_MAP)))
+            .collect()
+    }
+
+    /// Applies `weights` live, in an order that never sends a frame to a CPU without a cpumap
+    /// entry: add the new CPUs' entries, rewrite the changed slots, the weights, and last remove
+    /// the entries of CPUs that left the set.
+    fn set_weights(&mut self, weights: &Weights, landed: &ProgramFd) -> Result<()> {
+        let n = self.cpu_slots();
+        if let Some((cpu, _)) = weights.iter().find(|(cpu, _)| *cpu >= n) {
+            return Err(config(format!(
+                "CPU {cpu} does not exist: this machine has CPUs 0 to {}",
+                n - 1
+            )));
+        }
+        let old = self.current_weights()?;
+        for (cpu, _) in weights.iter().filter(|(cpu, _)| old[*cpu as usize] == 0) {
+            self.cpus
+                .set(cpu, QUEUE_SIZE, Some(landed), 0)
+                .map_err(cpumap_error(cpu))?;
+        }
+        // Slots of CPUs outside the old set (all of them in a fresh table of zeros) are free.
+        let current: Vec<u32> = self
+            .current_slots()?
+            .into_iter()
+            .map(|cpu| match old.get(cpu as usize) {
+                Some(w) if *w > 0 => cpu,
+                _ => NO_CPU,
+            })
+            .collect();
+        let written = self.current_slots()?;
+        for (i, (new, old)) in weights
+            .slot_table(&current)
+            .into_iter()
+            .zip(written)
+            .enumerate()
+        {
+            if new != old {
+                self.slots
+                    .set(i as u32, new, 0)
+                    .map_err(map_error(SLOTS_MAP))?;
+            }
+        }
+        for cpu in 0..n {
+            if weights.get(cpu) != old[cpu as usize] {
+                self.weights
+                    .set(cpu, weights.get(cpu), 0)
+                    .map_err(map_error(WEIGHTS_MAP))?;
+            }
+        }
+        for cpu in (0..n).filter(|c| old[*c as usize] != 0 && weights.get(*c) == 0) {
+            delete_elem(self.cpus.map().fd().as_fd(), cpu).map_err(|io_error| {
+                cpumap_error(cpu)(XdpMapError::MapError(MapError::SyscallError(
+                    SyscallError {
+                        call: "bpf_map_delete_elem",
+                        io_error,
+                    },
+                )))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self, iface: &str) -> Result<Stats> {
+        let weights = self.current_weights()?;
+        let slots = self.current_slots()?;
+        let targeted = sum_per_cpu(&self.targeted, self.cpu_slots(), TARGET_HITS_MAP)?;
+        let landed = per_cpu0(&self.landed, LANDED_MAP)?;
+        let received = per_cpu0(&self.counters, COUNTERS_MAP)?;
+        let per_cpu = received
+            .iter()
+            .enumerate()
+            .map(|(i, counters)| {
+                let cpu = i as u32;
+                let mut totals = Totals::default();
+                totals.add(counters);
+                CpuStats {
+                    cpu,
+                    weight: weights.get(i).copied().unwrap_or(0),
+                    slots: slots.iter().filter(|s| **s == cpu).count() as u32,
+                    targeted: targeted.get(i).copied().unwrap_or(0),
+                    landed: landed.get(i).copied().unwrap_or(0),
+                    received: totals,
+                }
+            })
+            .collect();
+        Ok(Stats {
+            iface: iface.to_owned(),
+            per_cpu,
+        })
+    }
+}
+
+/// The error of writing the cpumap entry of `cpu`.
+fn cpumap_error(cpu: u32) -> impl FnOnce(XdpMapError) -> Error {
+    move |e| match e {
+        XdpMapError::MapError(source) => Error::Map {
+            map: format!("{CPUS_MAP} entry for CPU {cpu}"),
+            source: Box::new(source),
+        },
+        XdpMapError::ChainedProgramNotSupported => config(
+            "this kernel cannot run a program on cpumap entries (Linux 5.9 or newer needed)".into(),
+        ),
+    }
+}
+
+/// Slot 0 of a per-CPU array, one value per possible CPU.
+fn per_cpu0<T: Borrow<MapData>, V: aya::Pod>(
+    array: &PerCpuArray<T, V>,
+    name: &str,
+) -> Result<Vec<V>> {
+    Ok(array.get(&0, 0).map_err(map_error(name))?.to_vec())
+}
+
+/// For each index `0..n` of a per-CPU `u64` array, the sum over the CPUs that wrote it.
+fn sum_per_cpu<T: Borrow<MapData>>(
+    array: &PerCpuArray<T, u64>,
+    n: u32,
+    name: &str,
+) -> Result<Vec<u64>> {
+    (0..n)
+        .map(|i| {
+            let values: PerCpuValues<u64> = array.get(&i, 0).map_err(map_error(name))?;
+            Ok(values.iter().sum())
+        })
+        .collect()
+}
+
+/// `BPF_MAP_DELETE_ELEM` on a map keyed by `u32` (aya 0.14's cpumap has no remove); a key
+/// already absent is no error.
+fn delete_elem(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(&raw const key as u64).to_ne_bytes());
+    // SAFETY: `attr` is a zeroed bpf_attr whose map_fd and key (pointing at `key`, alive during
+    // the call) are set; the kernel reads at most `attr.len()` bytes of it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            attr.as_ptr(),
+            attr.len(),
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Loads the object with the per-CPU maps sized to the possible CPUs (a cpumap cannot have
+/// more entries than the kernel has CPU slots).
+fn load() -> Result<Ebpf> {
+    let cpus = u32::try_from(nr_cpus()?).map_err(|_| config("too many CPUs".into()))?;
+    EbpfLoader::new()
+        .map_max_entries(CPUS_MAP, cpus)
+        .map_max_entries(WEIGHTS_MAP, cpus)
+        .map_max_entries(TARGET_HITS_MAP, cpus)
+        .load(OBJECT)
+        .map_err(|source| Error::Load {
+            object: ACCELERATOR,
+            source: Box::new(source),
+        })
+}
+
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, source)| Error::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// The balancer attached to one interface, owned by this process: dropping it detaches.
+#[derive(Debug)]
+pub struct CpuBalance {
+    ebpf: Ebpf,
+    maps: Maps,
+    iface: String,
+    mode: XdpMode,
+    link: XdpLinkId,
+}
+
+impl CpuBalance {
+    /// Loads the programs, fills the cpumap and slot table from `weights`, and attaches to
+    /// `iface` (in the calling thread's network namespace).
+    pub fn attach(iface: &str, mode: AttachMode, weights: &Weights) -> Result<Self> {
+        let mut ebpf = load()?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        let landed: &mut Xdp = object::program(&mut ebpf, ACCELERATOR, LANDED_PROGRAM)?;
+        landed
+            .load()
+            .map_err(program_error("load", LANDED_PROGRAM))?;
+        let landed_fd = landed.fd().map_err(program_error("open", LANDED_PROGRAM))?;
+        maps.set_weights(weights, landed_fd)?;
+        let xdp: &mut Xdp = object::program(&mut ebpf, ACCELERATOR, PROGRAM)?;
+        xdp.load().map_err(program_error("load", PROGRAM))?;
+        let (mode, link) = object::attach_xdp(xdp, PROGRAM, iface, mode)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            iface: iface.to_owned(),
+            mode,
+            link,
+        })
+    }
+
+    /// The XDP mode the kernel accepted.
+    pub fn xdp_mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// Changes the CPU set and weights without detaching.
+    pub fn set_weights(&mut self, weights: &Weights) -> Result<()> {
+        let landed: &Xdp = self
+            .ebpf
+            .program(LANDED_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(Error::WrongType {
+                object: ACCELERATOR,
+                name: LANDED_PROGRAM,
+            })?;
+        let fd = landed.fd().map_err(program_error("open", LANDED_PROGRAM))?;
+        self.maps.set_weights(weights, fd)
+    }
+
+    /// Reads the counters and the configuration.
+    pub fn stats(&self) -> Result<Stats> {
+        self.maps.stats(&self.iface)
+    }
+
+    /// The kernel's ids of the two loaded programs (balancer, cpumap program).
+    pub fn program_ids(&self) -> Result<Vec<u32>> {
+        [PROGRAM, LANDED_PROGRAM]
+            .into_iter()
+            .map(|name| {
+                let program = self.ebpf.program(name).ok_or(Error::WrongType {
+                    object: ACCELERATOR,
+                    name,
+                })?;
+                Ok(program.info().map_err(program_error("query", name))?.id())
+            })
+            .collect()
+    }
+
+    /// Attaches like [`CpuBalance::attach`] and pins the link, the cpumap program and the maps
+    /// under `layout`, so the balancer stays after this process exits; `scope` names the
+    /// network namespace (`host` for the initial one). Refuses, changing nothing, if one is
+    /// pinned there already.
+    pub fn attach_pinned(
+        iface: &str,
+        mode: AttachMode,
+        weights: &Weights,
+        layout: &PinLayout,
+        scope: &str,
+    ) -> Result<PinnedCpuBalance> {
+        let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
+        layout.create_attachment_dir(ACCELERATOR, &dir)?;
+        let pinned = Self::attach(iface, mode, weights).and_then(|b| b.pin_into(&dir));
+        if let Err(e) = pinned {
+            // Leave nothing half-pinned behind; unpinned handles were dropped (detached).
+            layout.remove_attachment_dir(&dir)?;
+            return Err(e);
+        }
+        Ok(PinnedCpuBalance {
+            iface: iface.to_owned(),
+            dir,
+            layout: layout.clone(),
+        })
+    }
+
+    /// Pins maps, cpumap program and link; on error, whatever was not pinned is dropped
+    /// (detached) here.
+    fn pin_into(mut self, dir: &Path) -> Result<()> {
+        self.maps.pin(dir)?;
+        let path = dir.join(LANDED_PROGRAM_PIN);
+        let landed: &mut Xdp = object::program(&mut self.ebpf, ACCELERATOR, LANDED_PROGRAM)?;
+        landed.pin(&path).map_err(|e| pin_error(&path)(e.into()))?;
+        let xdp: &mut Xdp = object::program(&mut self.ebpf, ACCELERATOR, PROGRAM)?;
+        let link = xdp
+            .take_link(self.link)
+            .map_err(program_error("take the link of", PROGRAM))?;
+        let path = dir.join(LINK_PIN);
+        // Kernels without XDP bpf_link (< 5.9) attach through netlink: nothing to pin.
+        let link = FdLink::try_from(link).map_err(|e| pin_error(&path)(e.into()))?;
+        pin_link(link, &path)?;
+        Ok(())
+    }
+}
+
+/// A balancer that lives in bpffs pins rather than in a process.
+#[derive(Debug)]
+pub struct PinnedCpuBalance {
+    iface: String,
+    dir: PathBuf,
+    layout: PinLayout,
+}
+
+impl PinnedCpuBalance {
+    /// Finds the balancer pinned for `iface` in `scope`.
+    pub fn open(layout: &PinLayout, scope: &str, iface: &str) -> Result<Self> {
+        let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
+        if !dir.join(LINK_PIN).exists() {
+            return Err(Error::NotAttached {
+                accelerator: ACCELERATOR,
+                path: dir,
+            });
+        }
+        Ok(Self {
+            iface: iface.to_owned(),
+            dir,
+            layout: layout.clone(),
+        })
+    }
+
+    /// Where its pins are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The kernel's id of the attached balancing program, read through the pinned link.
+    pub fn program_id(&self) -> Result<u32> {
+        pinned_link_program(&self.dir.join(LINK_PIN))
+    }
+
+    /// Changes the CPU set and weights of the attached balancer without detaching it.
+    pub fn set_weights(&self, weights: &Weights) -> Result<()> {
+        let path = self.dir.join(LANDED_PROGRAM_PIN);
+        let landed =
+            Xdp::from_pin(&path, XdpAttachType::CpuMap).map_err(|e| pin_error(&path)(e.into()))?;
+        let fd = landed.fd().map_err(program_error("open", LANDED_PROGRAM))?;
+        Maps::open(&self.dir)?.set_weights(weights, fd)
+    }
+
+    /// Reads the counters and the configuration from the pinned maps.
+    pub fn stats(&self) -> Result<Stats> {
+        Maps::open(&self.dir)?.stats(&self.iface)
+    }
+
+    /// Detaches the program (at once), then removes the pins: the kernel frees the programs
+    /// and maps (the cpumap's queues are flushed to the stack first).
+    pub fn detach(self) -> Result<()> {
+        object::detach_pinned_link(&self.dir.join(LINK_PIN))?;
+        self.layout.remove_attachment_dir(&self.dir)
+    }
+}
+
+/// `struct ethtool_value` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// Turns transmit checksum offload of `iface` (in the calling thread's network namespace) on
+/// or off, like `ethtool -K IFACE tx on|off`, through the `SIOCETHTOOL` ioctl; returns the
+/// previous setting. See the module documentation for why cpumap redirection needs it off on
+/// the sending veth.
+pub fn set_tx_checksum(iface: &str, enabled: bool) -> Result<bool> {
+    let ethtool_error = |action: &str| {
+        let action = format!("{action} transmit checksum offload of {iface} (SIOCETHTOOL)");
+        move |source: io::Error| Error::Io {
+            path: PathBuf::from(action),
+            source,
+        }
+    };
+    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('\0') {
+        return Err(Error::NoInterface(iface.to_owned()));
+    }
+    // SAFETY: plain socket(2); the result is checked and owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ethtool_error("open a socket to set")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ethtool = |cmd: u32, data: u32| -> io::Result<u32> {
+        let mut value = EthtoolValue { cmd, data };
+        // SAFETY: ifreq is plain data; all-zero is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+        // SAFETY: `ifr` names the interface and points at `value`, both alive during the call;
+        // the kernel reads and writes only the ethtool_value.
+        let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &raw mut ifr) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(value.data)
+    };
+    let before = ethtool(ETHTOOL_GTXCSUM, 0).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            Error::NoInterface(iface.to_owned())
+        } else {
+            ethtool_error("read")(e)
+        }
+    })? != 0;
+    if before != enabled {
+        ethtool(ETHTOOL_STXCSUM, u32::from(enabled)).map_err(ethtool_error("set"))?;
+        let now = ethtool(ETHTOOL_GTXCSUM, 0).map_err(ethtool_error("read back"))? != 0;
+        if now != enabled {
+            return Err(ethtool_error("set")(io::Error::other(format!(
+                "the driver kept it {}",
+                if now { "on" } else { "off" }
+            ))));
+        }
+    }
+    Ok(before)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn v4(a: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::from(a), port))
+    }
+
+    #[test]
+    fn weights_parse_and_reject_nonsense() {
+        let w: Weights = "0=1, 1=3".parse().unwrap();
+        assert_eq!(w.iter().collect::<Vec<_>>(), vec![(0, 1), (1, 3)]);
+        assert_eq!(w.to_string(), "0=1,1=3");
+        assert_eq!("2=0,1=5".parse::<Weights>().unwrap().to_string(), "1=5");
+        for bad in ["", "0", "0=x", "a=1", "0=0", "0=1,0=2", "0=99999999"] {
+            let err = bad.parse::<Weights>().expect_err(bad);
+            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn quotas_follow_the_weights_and_fill_every_slot() {
+        let w = Weights::new([(0, 1), (1, 3)]).unwrap();
+        assert_eq!(w.quotas(), BTreeMap::from([(0, 64), (1, 192)]));
+        let w = Weights::new([(0, 1), (1, 1), (2, 1)]).unwrap();
+        assert_eq!(w.quotas(), BTreeMap::from([(0, 86), (1, 85), (2, 85)]));
+        let table = w.slot_table(&[]);
+        assert_eq!(table.len(), SLOTS as usize);
+        for cpu in 0..3 {
+            let n = table.iter().filter(|c| **c == cpu).count() as u32;
+            assert_eq!(n, w.quotas()[&cpu]);
+        }
+    }
+
+    #[test]
+    fn weight_changes_move_only_the_slots_they_must() {
+        let even = Weights::new([(0, 1), (1, 1)]).unwrap();
+        let before = even.slot_table(&[]);
+        let skewed = Weights::new([(0, 1), (1, 3)]).unwrap();
+        let after = skewed.slot_table(&before);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 64, "only CPU 0's surplus moves");
+        assert!(
+            before
+                .iter()
+                .zip(&after)
+                .all(|(a, b)| a == b || (*a == 0 && *b == 1))
+        );
+        let all_one = Weights::new([(1, 1)]).unwrap().slot_table(&after);
+        assert!(all_one.iter().all(|c| *c == 1));
+    }
+
+    #[test]
+    fn both_directions_of_a_flow_have_one_key() {
+        let (a, b) = (v4([10, 0, 0, 1], 40000), v4([10, 0, 0, 2], 80));
+        let key = flow_key(6, a, b).unwrap();
+        assert_eq!(key, flow_key(6, b, a).unwrap());
+        assert_eq!((key.port_lo, key.port_hi), (40000, 80));
+        assert_ne!(
+            key,
+            flow_key(17, a, b).unwrap(),
+            "protocol is part of the flow"
+        );
+        assert!(flow_key(6, a, SocketAddr::from((Ipv6Addr::LOCALHOST, 1))).is_none());
+    }
+
+    #[test]
+    fn hash_is_pinned_to_known_values() {
+        // The program computes these with the same code; the values catch a silent change of
+        // the hash (which would move every flow of a running balancer after an upgrade).
+        let key = flow_key(17, v4([10, 0, 0, 1], 1000), v4([10, 0, 0, 2], 2000)).unwrap();
+        assert_eq!(key.addr_lo, [0x0a00_0001, 0, 0, 0]);
+        assert_eq!(key.slot(), key.hash() % SLOTS);
+        assert_eq!(key.hash(), 0xc349_9d1a);
+    }
+
+    #[test]
+    fn source_ports_spread_evenly_over_the_slots() {
+        let mut per_slot = vec![0u32; SLOTS as usize];
+        for port in 0..u16::MAX {
+            let key = flow_key(17, v4([10, 0, 0, 1], port), v4([10, 0, 0, 2], 9)).unwrap();
+            per_slot[key.slot() as usize] += 1;
+        }
+        let expected = f64::from(u16::MAX) / f64::from(SLOTS);
+        let worst = per_slot
+            .iter()
+            .map(|n| (f64::from(*n) - expected).abs() / expected)
+            .fold(0.0, f64::max);
+        assert!(worst < 0.2, "a slot is {worst:.2} off the mean");
+    }
+
+    proptest! {
+        #[test]
+        fn any_flow_hashes_the_same_both_ways(
+            a in any::<[u8; 16]>(), b in any::<[u8; 16]>(),
+            pa in any::<u16>(), pb in any::<u16>(), proto in any::<u8>(), six in any::<bool>(),
+        ) {
+            let addr = |x: [u8; 16], p| if six {
+                SocketAddr::from((Ipv6Addr::from(x), p))
+            } else {
+                SocketAddr::from((Ipv4Addr::new(x[0], x[1], x[2], x[3]), p))
+            };
+            let there = flow_key(proto, addr(a, pa), addr(b, pb)).unwrap();
+            let back = flow_key(proto, addr(b, pb), addr(a, pa)).unwrap();
+            prop_assert_eq!(there, back);
+            prop_assert_eq!(there.hash(), back.hash());
+        }
+    }
+}
