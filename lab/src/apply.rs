@@ -19,6 +19,7 @@ use std::{
 };
 
 use futures_util::future::{FutureExt as _, Shared, join_all};
+use indicatif::ProgressBar;
 use lab_netlink::{Netem, Netlink, Probability, Route, Veth};
 use tokio::sync::OnceCell;
 
@@ -49,8 +50,14 @@ pub enum Error {
 }
 
 /// Brings `plan` up: refuses if it collides with a lab that is up, records the plan in the
-/// state file, then runs every step. On failure everything is torn down again.
-pub async fn up(plan: &Plan, source: &std::path::Path, states: &StateDir) -> Result<(), Error> {
+/// state file, then runs every step, advancing `progress` by one per step. On failure
+/// everything is torn down again.
+pub async fn up(
+    plan: &Plan,
+    source: &std::path::Path,
+    states: &StateDir,
+    progress: &ProgressBar,
+) -> Result<(), Error> {
     check_conflicts(plan, states)?;
     let mut state = LabState {
         phase: Phase::Applying,
@@ -59,12 +66,16 @@ pub async fn up(plan: &Plan, source: &std::path::Path, states: &StateDir) -> Res
         plan: plan.clone(),
     };
     states.write(&state)?;
-    let failures = Executor::new()?.run(&plan.steps).await;
+    tracing::info!(lab = %plan.lab, steps = plan.steps.len(), "bringing the lab up");
+    let started = std::time::Instant::now();
+    let failures = Executor::new()?.run(&plan.steps, progress).await;
     if failures.is_empty() {
         state.phase = Phase::Up;
         states.write(&state)?;
+        tracing::info!(lab = %plan.lab, elapsed = ?started.elapsed(), "lab is up");
         return Ok(());
     }
+    tracing::warn!(lab = %plan.lab, failed = failures.len(), "steps failed; tearing down");
     teardown(plan, states).await?;
     Err(Error::Steps(failures))
 }
@@ -182,6 +193,7 @@ pub async fn change_link(
 
 /// Removes everything `plan` makes, then its state file.
 async fn teardown(plan: &Plan, states: &StateDir) -> Result<(), Error> {
+    tracing::info!(lab = %plan.lab, "tearing the lab down");
     run_undos(plan.teardown().iter()).await?;
     states.remove(&plan.prefix, &plan.lab)?;
     Ok(())
@@ -426,17 +438,22 @@ impl Executor {
 
     /// Runs every step in dependency order; returns the failures (empty: all done). A step
     /// whose dependency failed is skipped.
-    async fn run(self: Arc<Self>, steps: &[Step]) -> Vec<String> {
+    async fn run(self: Arc<Self>, steps: &[Step], progress: &ProgressBar) -> Vec<String> {
         let failures = Arc::new(Mutex::new(Vec::new()));
         let mut done: Vec<StepDone> = Vec::with_capacity(steps.len());
         for (step, deps) in steps.iter().zip(dependencies(steps)) {
             let waits: Vec<StepDone> = deps.iter().map(|&d| done[d].clone()).collect();
             let (this, step, failures) = (self.clone(), step.clone(), failures.clone());
+            let progress = progress.clone();
             let future = async move {
                 if !join_all(waits).await.into_iter().all(|ok| ok) {
                     return false;
                 }
-                match this.step(&step).await {
+                let started = std::time::Instant::now();
+                let result = this.step(&step).await;
+                progress.inc(1);
+                tracing::debug!(%step, elapsed = ?started.elapsed(), ok = result.is_ok(), "step");
+                match result {
                     Ok(()) => true,
                     Err(e) => {
                         failures

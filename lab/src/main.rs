@@ -197,6 +197,14 @@ struct PlanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Structured logs on stderr, off unless RUST_LOG asks (e.g. RUST_LOG=lab=debug).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let states = StateDir::new(&cli.state_dir);
     let result = match cli.command {
         Command::Plan(args) => plan(&args),
@@ -269,7 +277,12 @@ fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
     let plan = plan_of(args)?;
     let started = Instant::now();
     runtime()?
-        .block_on(apply::up(&plan, &args.file, states))
+        .block_on(apply::up(
+            &plan,
+            &args.file,
+            states,
+            &steps_bar(plan.steps.len()),
+        ))
         .map_err(|e| apply_error(&e))?;
     let nodes = namespaces_of(&plan).count();
     write_stdout(&format!(
@@ -285,6 +298,20 @@ fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
         },
         states,
     )
+}
+
+/// A bar over the steps of `lab up` for large labs on a terminal; hidden otherwise.
+fn steps_bar(steps: usize) -> indicatif::ProgressBar {
+    if steps < 200 || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 fn down(args: &DownArgs, states: &StateDir) -> Result<(), u8> {

@@ -249,7 +249,12 @@ pub fn run(
         plan.steps.len()
     ));
     runtime
-        .block_on(apply::up(&plan, file, &options.states))
+        .block_on(apply::up(
+            &plan,
+            file,
+            &options.states,
+            &indicatif::ProgressBar::hidden(),
+        ))
         .map_err(|source| Error::Up {
             lab: plan.lab.clone(),
             source: Box::new(source),
