@@ -213,11 +213,27 @@ fn boot_and_test(
     let mut splat_seen = false;
     for test in &tests.tests {
         let started = Instant::now();
+        if let Some(why) = test
+            .min_kernel
+            .as_ref()
+            .and_then(|m| m.excludes(&kernel.release))
+        {
+            eprintln!(
+                "lab-vm matrix: kernel {}: {}: n/a, {why}",
+                pin.name, test.name
+            );
+            report.results.push(AcceleratorResult {
+                accelerator: test.name.clone(),
+                outcome: Outcome::Unsupported(why),
+                ms: 0,
+            });
+            continue;
+        }
         let mut outcome = test.run(&mut vm, tools, options.step_timeout);
         if !splat_seen && let Err(splat @ Error::Splat { .. }) = scan_console(vm.console()) {
             splat_seen = true;
             outcome = Outcome::Fail(match outcome {
-                Outcome::Pass => splat.to_string(),
+                Outcome::Pass | Outcome::Unsupported(_) => splat.to_string(),
                 Outcome::Fail(why) | Outcome::Error(why) => format!("{splat}; and {why}"),
             });
         }
@@ -318,6 +334,7 @@ fn cell(outcome: &Outcome) -> &'static str {
         Outcome::Pass => "pass",
         Outcome::Fail(_) => "**FAIL**",
         Outcome::Error(_) => "**ERROR**",
+        Outcome::Unsupported(_) => "n/a",
     }
 }
 
@@ -389,13 +406,14 @@ impl Report {
                     Outcome::Pass => continue,
                     Outcome::Fail(text) => ("fail", text),
                     Outcome::Error(text) => ("error", text),
+                    Outcome::Unsupported(text) => ("not applicable", text),
                 };
                 let title = format!("{} on {}: {what}", r.accelerator, k.kernel);
                 detail(&mut details, &title, text);
             }
         }
         if !details.is_empty() {
-            md.push_str("\n## Problems\n");
+            md.push_str("\n## Details (failures, and why a cell is n/a)\n");
             md.push_str(&details);
         }
         md
@@ -545,7 +563,7 @@ mod tests {
             md.contains("**PASS**: 2 accelerator(s) × 1 kernel(s)"),
             "{md}"
         );
-        assert!(!md.contains("## Problems"), "{md}");
+        assert!(!md.contains("## Details"), "{md}");
         assert!(md.contains("| kernel (boot, console) | clean |"), "{md}");
     }
 

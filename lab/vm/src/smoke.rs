@@ -43,8 +43,37 @@ pub struct SmokeTest {
     /// Kernel modules to load at boot besides the image's defaults.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// The oldest kernel (`major.minor`) the accelerator supports, with the reason, e.g.
+    /// `{ version = "5.18", reason = "bpf_xdp_load_bytes" }`; older kernels show `n/a`.
+    pub min_kernel: Option<MinKernel>,
     /// Commands run in order; the first failing one ends the test.
     pub steps: Vec<Step>,
+}
+
+/// The oldest kernel an accelerator supports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinKernel {
+    /// `major.minor`, e.g. `5.18`.
+    pub version: String,
+    /// What the accelerator needs that older kernels lack.
+    pub reason: String,
+}
+
+impl MinKernel {
+    /// Why the kernel with `release` (`uname -r`, e.g. `5.10.0-46-amd64`) cannot run the
+    /// accelerator, or `None` when it can (or its version cannot be read).
+    pub fn excludes(&self, release: &str) -> Option<String> {
+        let needed = major_minor(&self.version)?;
+        let running = major_minor(release)?;
+        (running < needed).then(|| format!("needs Linux >= {} ({})", self.version, self.reason))
+    }
+}
+
+/// The `(major, minor)` at the start of a kernel version string.
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// One command of a smoke test and the checks on its output.
@@ -71,12 +100,15 @@ pub enum Outcome {
     Fail(String),
     /// The test could not be run (image, boot or guest agent trouble).
     Error(String),
+    /// The kernel is older than the accelerator supports (`min_kernel`): not run, not a
+    /// failure.
+    Unsupported(String),
 }
 
 impl Outcome {
-    /// Whether this is [`Outcome::Pass`].
+    /// Whether the cell is fine: passed, or not applicable to this kernel.
     pub fn passed(&self) -> bool {
-        matches!(self, Outcome::Pass)
+        matches!(self, Outcome::Pass | Outcome::Unsupported(_))
     }
 }
 
@@ -127,6 +159,14 @@ impl SmokeTests {
             }
             if !names.insert(test.name.as_str()) {
                 return bad(format!("{at}: defined twice"));
+            }
+            if let Some(min) = &test.min_kernel
+                && major_minor(&min.version).is_none()
+            {
+                return bad(format!(
+                    "{at}: min_kernel version {:?} is not major.minor",
+                    min.version
+                ));
             }
             if let Some(tool) = test
                 .tools
@@ -278,6 +318,27 @@ fn quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_kernel_excludes_only_older_releases() {
+        let min = MinKernel {
+            version: "5.18".into(),
+            reason: "bpf_xdp_load_bytes".into(),
+        };
+        let why = min.excludes("5.10.0-46-amd64").expect("5.10 is older");
+        assert!(
+            why.contains(">= 5.18") && why.contains("bpf_xdp_load_bytes"),
+            "{why}"
+        );
+        assert_eq!(min.excludes("5.18.0"), None);
+        assert_eq!(min.excludes("6.1.0-56-amd64"), None);
+        assert_eq!(min.excludes("6.12.118+deb13-amd64"), None);
+        assert_eq!(min.excludes("7.3.4+deb13-amd64"), None);
+        assert!(Outcome::Unsupported(why).passed());
+        let bad = "[[accelerator]]\nname = \"x\"\nmin_kernel = { version = \"new\", reason = \"r\" }\nsteps = [{ run = [\"true\"] }]\n";
+        let err = SmokeTests::parse(bad, "t.toml").expect_err("bad version");
+        assert!(err.to_string().contains("not major.minor"), "{err}");
+    }
 
     fn output(exit_code: i32, stdout: &str, stderr: &str) -> CommandOutput {
         CommandOutput {
