@@ -13,6 +13,7 @@ use std::{
 
 use accel::{
     AttachMode,
+    cpu_balance::{CpuBalance, PinnedCpuBalance, Weights},
     http_filter::{self, HttpFilter, PinnedHttpFilter, Policy, TestRunner, pcap},
     monitor::{self, Monitor, PinnedMonitor},
     pin::{BPFFS, DEFAULT_PREFIX, PinLayout},
@@ -54,6 +55,45 @@ enum Accelerator {
     /// directory, sk_msg hands messages straight to the peer socket.
     #[command(subcommand)]
     SockRedirect(SockRedirectCommand),
+    /// CPU balance at XDP: cpumap redirect by a symmetric flow hash over weighted CPUs.
+    #[command(subcommand)]
+    CpuBalance(CpuBalanceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CpuBalanceCommand {
+    /// Attach to an interface and pin, so it keeps balancing after accel exits.
+    Attach {
+        #[command(flatten)]
+        target: Target,
+        /// CPU weights as CPU=WEIGHT pairs, e.g. 0=1,1=3 (default: every online CPU, equal).
+        #[arg(long)]
+        weights: Option<Weights>,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t)]
+        mode: AttachMode,
+    },
+    /// Change the weights live (flows stay on their CPU until they have been idle 100 ms).
+    Weights {
+        #[command(flatten)]
+        target: Target,
+        /// CPU weights as CPU=WEIGHT pairs, e.g. 0=1,1=3.
+        #[arg(long)]
+        weights: Weights,
+    },
+    /// Print the per-CPU weights, slots and counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach and remove the pins.
+    Detach {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,7 +235,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Accelerator::Monitor(command) => monitor_command(command, &layout, scope),
         Accelerator::HttpFilter(command) => http_filter_command(command, &layout, scope),
         Accelerator::SockRedirect(command) => sock_redirect_command(command, &layout, scope),
+        Accelerator::CpuBalance(command) => cpu_balance_command(command, &layout, scope),
     }
+}
+
+fn cpu_balance_command(
+    command: CpuBalanceCommand,
+    layout: &PinLayout,
+    scope: &str,
+) -> anyhow::Result<()> {
+    match command {
+        CpuBalanceCommand::Attach {
+            target,
+            weights,
+            mode,
+        } => {
+            let weights = match weights {
+                Some(weights) => weights,
+                None => Weights::online()?,
+            };
+            let pinned = CpuBalance::attach_pinned(&target.iface, mode, &weights, layout, scope)?;
+            println!(
+                "cpu_balance attached to {} (weights {weights}), pinned at {}",
+                target.iface,
+                pinned.dir().display()
+            );
+        }
+        CpuBalanceCommand::Weights { target, weights } => {
+            PinnedCpuBalance::open(layout, scope, &target.iface)?.set_weights(&weights)?;
+            println!("cpu_balance on {}: weights {weights}", target.iface);
+        }
+        CpuBalanceCommand::Stats { target, json } => {
+            let stats = PinnedCpuBalance::open(layout, scope, &target.iface)?.stats()?;
+            if json {
+                let value = serde_json::json!({
+                    "iface": stats.iface,
+                    "per_cpu": stats.per_cpu,
+                    "total": stats.total(),
+                });
+                println!("{value}");
+            } else {
+                println!("cpu_balance on {}", stats.iface);
+                println!(
+                    "{:>5} {:>7} {:>6} {:>12} {:>12} {:>12}",
+                    "cpu", "weight", "slots", "targeted", "landed", "received"
+                );
+                for c in &stats.per_cpu {
+                    println!(
+                        "{:>5} {:>7} {:>6} {:>12} {:>12} {:>12}",
+                        c.cpu, c.weight, c.slots, c.targeted, c.landed, c.received.packets
+                    );
+                }
+            }
+        }
+        CpuBalanceCommand::Detach { target } => {
+            let pinned = PinnedCpuBalance::open(layout, scope, &target.iface)?;
+            let dir = pinned.dir().to_owned();
+            pinned.detach()?;
+            println!(
+                "cpu_balance detached from {} (removed {})",
+                target.iface,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn sock_redirect_command(

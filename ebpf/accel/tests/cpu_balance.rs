@@ -312,3 +312,86 @@ fn tcp_through_the_balanced_interface_arrives_intact_and_in_order() -> anyhow::R
     })??;
     Ok(())
 }
+
+fn accel(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(args)
+        .output()?)
+}
+
+#[test]
+fn cli_attach_weights_stats_detach_through_pins() -> anyhow::Result<()> {
+    require_two_cpus()?;
+    let (ns, a, b) = veth_lab()?;
+    let prefix = testkit::PinPrefix::new();
+    let with = |rest: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["--prefix", prefix.name(), "--netns", ns.name()]
+            .iter()
+            .chain(rest)
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(["--iface".to_owned(), a.clone()]);
+        args
+    };
+    let run = |rest: &[&str]| -> anyhow::Result<String> {
+        let args = with(rest);
+        let out = accel(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        ensure!(out.status.success(), "accel {args:?}: {out:?}");
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let stats = || -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&run(&[
+            "cpu-balance",
+            "stats",
+            "--json",
+        ])?)?)
+    };
+    let weight_of = |json: &serde_json::Value, cpu: usize| json["per_cpu"][cpu]["weight"].as_u64();
+
+    run(&["cpu-balance", "attach", "--weights", "0=1,1=3"])?;
+    let before = stats()?;
+    assert_eq!(
+        (weight_of(&before, 0), weight_of(&before, 1)),
+        (Some(1), Some(3)),
+        "{before}"
+    );
+    assert_eq!(
+        before["per_cpu"][1]["slots"], 192,
+        "3/4 of 256 slots: {before}"
+    );
+
+    ns.run(|| testkit::send_frames(&b, &udp_frame(B_IP, 4000, A_IP, 5000), 10))??;
+    run(&["cpu-balance", "weights", "--weights", "1=1"])?;
+    let after = stats()?;
+    assert_eq!(
+        (weight_of(&after, 0), weight_of(&after, 1)),
+        (Some(0), Some(1)),
+        "{after}"
+    );
+    assert_eq!(after["per_cpu"][1]["slots"], 256, "{after}");
+    assert!(after["total"]["packets"].as_u64() >= Some(10), "{after}");
+
+    let bad = accel(&["cpu-balance", "weights", "--iface", &a, "--weights", "0=x"])?;
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "bad weights are a usage error: {bad:?}"
+    );
+
+    run(&["cpu-balance", "detach"])?;
+    let link = ns.run(|| {
+        std::process::Command::new("ip")
+            .args(["-j", "-d", "link", "show", &a])
+            .output()
+    })??;
+    let json: serde_json::Value = serde_json::from_slice(&link.stdout)?;
+    assert!(json[0]["xdp"].is_null(), "XDP still attached: {json}");
+    let gone = accel(
+        &with(&["cpu-balance", "stats"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )?;
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+    Ok(())
+}
