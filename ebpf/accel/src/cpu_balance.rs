@@ -47,7 +47,7 @@ use serde::Serialize;
 use crate::{
     AttachMode, Error, Result,
     object::{self, map_error, pin_error, pin_link, pinned_link_program, program_error},
-    pin::PinLayout,
+    pin::{PinLayout, PinnedDir},
 };
 
 /// The accelerator's name in pin paths and messages.
@@ -692,17 +692,12 @@ impl CpuBalance {
         scope: &str,
     ) -> Result<PinnedCpuBalance> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
-        layout.create_attachment_dir(ACCELERATOR, &dir)?;
-        let pinned = Self::attach(iface, mode, weights).and_then(|b| b.pin_into(&dir));
-        if let Err(e) = pinned {
-            // Leave nothing half-pinned behind; unpinned handles were dropped (detached).
-            layout.remove_attachment_dir(&dir)?;
-            return Err(e);
-        }
+        let pins = layout.pin_attachment(ACCELERATOR, dir, |dir| {
+            Self::attach(iface, mode, weights).and_then(|b| b.pin_into(dir))
+        })?;
         Ok(PinnedCpuBalance {
             iface: iface.to_owned(),
-            dir,
-            layout: layout.clone(),
+            pins,
         })
     }
 
@@ -729,56 +724,47 @@ impl CpuBalance {
 #[derive(Debug)]
 pub struct PinnedCpuBalance {
     iface: String,
-    dir: PathBuf,
-    layout: PinLayout,
+    pins: PinnedDir,
 }
 
 impl PinnedCpuBalance {
     /// Finds the balancer pinned for `iface` in `scope`.
     pub fn open(layout: &PinLayout, scope: &str, iface: &str) -> Result<Self> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
-        if !dir.join(LINK_PIN).exists() {
-            return Err(Error::NotAttached {
-                accelerator: ACCELERATOR,
-                path: dir,
-            });
-        }
         Ok(Self {
             iface: iface.to_owned(),
-            dir,
-            layout: layout.clone(),
+            pins: layout.open_attachment(ACCELERATOR, dir, LINK_PIN)?,
         })
     }
 
     /// Where its pins are.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.pins.path()
     }
 
     /// The kernel's id of the attached balancing program, read through the pinned link.
     pub fn program_id(&self) -> Result<u32> {
-        pinned_link_program(&self.dir.join(LINK_PIN))
+        pinned_link_program(&self.pins.join(LINK_PIN))
     }
 
     /// Changes the CPU set and weights of the attached balancer without detaching it.
     pub fn set_weights(&self, weights: &Weights) -> Result<()> {
-        let path = self.dir.join(LANDED_PROGRAM_PIN);
+        let path = self.pins.join(LANDED_PROGRAM_PIN);
         let landed =
             Xdp::from_pin(&path, XdpAttachType::CpuMap).map_err(|e| pin_error(&path)(e.into()))?;
         let fd = landed.fd().map_err(program_error("open", LANDED_PROGRAM))?;
-        Maps::open(&self.dir)?.set_weights(weights, fd)
+        Maps::open(self.pins.path())?.set_weights(weights, fd)
     }
 
     /// Reads the counters and the configuration from the pinned maps.
     pub fn stats(&self) -> Result<Stats> {
-        Maps::open(&self.dir)?.stats(&self.iface)
+        Maps::open(self.pins.path())?.stats(&self.iface)
     }
 
     /// Detaches the program (at once), then removes the pins: the kernel frees the programs
     /// and maps (the cpumap's queues are flushed to the stack first).
     pub fn detach(self) -> Result<()> {
-        object::detach_pinned_link(&self.dir.join(LINK_PIN))?;
-        self.layout.remove_attachment_dir(&self.dir)
+        self.pins.detach(&[LINK_PIN])
     }
 }
 

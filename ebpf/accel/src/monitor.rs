@@ -1,10 +1,7 @@
 //! Performance monitor (first slice): per-CPU frames and bytes at the XDP hook of one
 //! interface, and per-CPU `netif_receive_skb` events from a BTF tracepoint.
 
-use std::{
-    borrow::Borrow,
-    path::{Path, PathBuf},
-};
+use std::{borrow::Borrow, path::Path};
 
 use aya::{
     Btf, Ebpf, Pod,
@@ -25,7 +22,7 @@ use crate::{
     object::{
         self, map_error, pin_error, pin_link, pinned_array, pinned_link_program, program_error,
     },
-    pin::PinLayout,
+    pin::{PinLayout, PinnedDir},
 };
 
 /// The accelerator's name in pin paths and messages.
@@ -164,17 +161,12 @@ impl Monitor {
         scope: &str,
     ) -> Result<PinnedMonitor> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
-        layout.create_attachment_dir(ACCELERATOR, &dir)?;
-        let pinned = Self::attach(iface, mode).and_then(|monitor| monitor.pin_into(&dir));
-        if let Err(e) = pinned {
-            // Leave nothing half-pinned behind; unpinned handles were dropped (detached).
-            layout.remove_attachment_dir(&dir)?;
-            return Err(e);
-        }
+        let pins = layout.pin_attachment(ACCELERATOR, dir, |dir| {
+            Self::attach(iface, mode).and_then(|monitor| monitor.pin_into(dir))
+        })?;
         Ok(PinnedMonitor {
             iface: iface.to_owned(),
-            dir,
-            layout: layout.clone(),
+            pins,
         })
     }
 
@@ -213,37 +205,29 @@ impl Monitor {
 #[derive(Debug)]
 pub struct PinnedMonitor {
     iface: String,
-    dir: PathBuf,
-    layout: PinLayout,
+    pins: PinnedDir,
 }
 
 impl PinnedMonitor {
     /// Finds the monitor pinned for `iface` in `scope`.
     pub fn open(layout: &PinLayout, scope: &str, iface: &str) -> Result<Self> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
-        if !dir.join(IFACE_COUNTERS_PIN).exists() {
-            return Err(Error::NotAttached {
-                accelerator: ACCELERATOR,
-                path: dir,
-            });
-        }
         Ok(Self {
             iface: iface.to_owned(),
-            dir,
-            layout: layout.clone(),
+            pins: layout.open_attachment(ACCELERATOR, dir, IFACE_COUNTERS_PIN)?,
         })
     }
 
     /// Where its pins are.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.pins.path()
     }
 
     /// The kernel's ids of the attached programs, read through the pinned links.
     pub fn program_ids(&self) -> Result<Vec<u32>> {
         [XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN]
             .into_iter()
-            .map(|file| pinned_link_program(&self.dir.join(file)))
+            .map(|file| pinned_link_program(&self.pins.join(file)))
             .collect()
     }
 
@@ -251,18 +235,15 @@ impl PinnedMonitor {
     pub fn stats(&self) -> Result<Stats> {
         stats(
             &self.iface,
-            &pinned_array(&self.dir.join(IFACE_COUNTERS_PIN))?,
-            &pinned_array(&self.dir.join(STACK_COUNTERS_PIN))?,
+            &pinned_array(&self.pins.join(IFACE_COUNTERS_PIN))?,
+            &pinned_array(&self.pins.join(STACK_COUNTERS_PIN))?,
         )
     }
 
     /// Detaches the programs (at once), then removes the pins: the kernel frees the programs
     /// and maps.
     pub fn detach(self) -> Result<()> {
-        for file in [XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN] {
-            object::detach_pinned_link(&self.dir.join(file))?;
-        }
-        self.layout.remove_attachment_dir(&self.dir)
+        self.pins.detach(&[XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN])
     }
 }
 

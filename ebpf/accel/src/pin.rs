@@ -64,6 +64,45 @@ impl PinLayout {
         fs::create_dir_all(dir).map_err(Error::io(dir))
     }
 
+    /// Makes `dir` for a new attachment and runs `pin` to attach and pin into it; if that
+    /// fails, removes the directory again, so nothing is left half pinned (handles that were
+    /// not pinned detach when `pin` drops them).
+    pub(crate) fn pin_attachment(
+        &self,
+        accelerator: &'static str,
+        dir: PathBuf,
+        pin: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PinnedDir> {
+        self.create_attachment_dir(accelerator, &dir)?;
+        if let Err(e) = pin(&dir) {
+            self.remove_attachment_dir(&dir)?;
+            return Err(e);
+        }
+        Ok(PinnedDir {
+            dir,
+            layout: self.clone(),
+        })
+    }
+
+    /// The attachment pinned at `dir`, recognised by its `marker` pin.
+    pub(crate) fn open_attachment(
+        &self,
+        accelerator: &'static str,
+        dir: PathBuf,
+        marker: &str,
+    ) -> Result<PinnedDir> {
+        if !dir.join(marker).exists() {
+            return Err(Error::NotAttached {
+                accelerator,
+                path: dir,
+            });
+        }
+        Ok(PinnedDir {
+            dir,
+            layout: self.clone(),
+        })
+    }
+
     /// Removes the pin files in `dir`, then `dir` and every parent that became empty, up to and
     /// including this layout's root. Unpinning a link detaches its program once no process
     /// holds it open.
@@ -82,6 +121,34 @@ impl PinLayout {
             current = d.parent();
         }
         Ok(())
+    }
+}
+
+/// The pins of one attachment: where they are, and how they go away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedDir {
+    dir: PathBuf,
+    layout: PinLayout,
+}
+
+impl PinnedDir {
+    /// The directory holding the pins.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pin called `file`.
+    pub(crate) fn join(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Detaches the pinned `links` at once (`BPF_LINK_DETACH`), then removes every pin: the
+    /// kernel frees programs and maps once nothing else holds them.
+    pub(crate) fn detach(self, links: &[&str]) -> Result<()> {
+        for link in links {
+            crate::object::detach_pinned_link(&self.dir.join(link))?;
+        }
+        self.layout.remove_attachment_dir(&self.dir)
     }
 }
 

@@ -33,7 +33,7 @@ use crate::{
         self, map_error, pin_error, pin_link, pinned_array, pinned_link_program, pinned_map,
         program_error,
     },
-    pin::PinLayout,
+    pin::{PinLayout, PinnedDir},
 };
 
 /// The accelerator's name in pin paths and messages.
@@ -289,17 +289,10 @@ impl SockRedirect {
         scope: &str,
     ) -> Result<PinnedSockRedirect> {
         let dir = attachment_dir(layout, scope, cgroup)?;
-        layout.create_attachment_dir(ACCELERATOR, &dir)?;
-        let pinned = Self::attach(cgroup, config).and_then(|redirect| redirect.pin_into(&dir));
-        if let Err(e) = pinned {
-            // Leave nothing half-pinned behind; unpinned handles were dropped (detached).
-            layout.remove_attachment_dir(&dir)?;
-            return Err(e);
-        }
-        Ok(PinnedSockRedirect {
-            dir,
-            layout: layout.clone(),
-        })
+        let pins = layout.pin_attachment(ACCELERATOR, dir, |dir| {
+            Self::attach(cgroup, config).and_then(|redirect| redirect.pin_into(dir))
+        })?;
+        Ok(PinnedSockRedirect { pins })
     }
 
     /// Pins maps, the sk_msg program and the sock_ops link; on error, whatever was not pinned
@@ -336,35 +329,27 @@ impl SockRedirect {
 /// A socket redirect that lives in bpffs pins rather than in a process.
 #[derive(Debug)]
 pub struct PinnedSockRedirect {
-    dir: PathBuf,
-    layout: PinLayout,
+    pins: PinnedDir,
 }
 
 impl PinnedSockRedirect {
     /// Finds the redirect pinned for `cgroup` in `scope`.
     pub fn open(layout: &PinLayout, scope: &str, cgroup: &Path) -> Result<Self> {
         let dir = attachment_dir(layout, scope, cgroup)?;
-        if !dir.join(COUNTERS_PIN).exists() {
-            return Err(Error::NotAttached {
-                accelerator: ACCELERATOR,
-                path: dir,
-            });
-        }
         Ok(Self {
-            dir,
-            layout: layout.clone(),
+            pins: layout.open_attachment(ACCELERATOR, dir, COUNTERS_PIN)?,
         })
     }
 
     /// Where its pins are.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.pins.path()
     }
 
     /// The kernel's ids of the attached programs (sock_ops, sk_msg), read through the pins.
     pub fn program_ids(&self) -> Result<Vec<u32>> {
-        let sock_ops = pinned_link_program(&self.dir.join(SOCK_OPS_LINK_PIN))?;
-        let path = self.dir.join(SK_MSG_PROGRAM_PIN);
+        let sock_ops = pinned_link_program(&self.pins.join(SOCK_OPS_LINK_PIN))?;
+        let path = self.pins.join(SK_MSG_PROGRAM_PIN);
         let sk_msg = SkMsg::from_pin(&path).map_err(|e| pin_error(&path)(e.into()))?;
         let info = sk_msg
             .info()
@@ -374,10 +359,10 @@ impl PinnedSockRedirect {
 
     /// Reads the counters and counts the map entries from the pinned maps.
     pub fn stats(&self) -> Result<Stats> {
-        let sockets = self.dir.join(SOCKETS_PIN);
-        let states = self.dir.join(STATES_PIN);
+        let sockets = self.pins.join(SOCKETS_PIN);
+        let states = self.pins.join(STATES_PIN);
         stats(
-            &pinned_array(&self.dir.join(COUNTERS_PIN))?,
+            &pinned_array(&self.pins.join(COUNTERS_PIN))?,
             &SockHash::try_from(Map::SockHash(pinned_map(&sockets)?))
                 .map_err(map_error(&sockets.display().to_string()))?,
             &HashMap::try_from(Map::HashMap(pinned_map(&states)?))
@@ -388,8 +373,7 @@ impl PinnedSockRedirect {
     /// Detaches sock_ops from the cgroup (at once), then removes the pins. Connections already
     /// recorded keep redirecting until they close; the kernel frees the rest after them.
     pub fn detach(self) -> Result<()> {
-        object::detach_pinned_link(&self.dir.join(SOCK_OPS_LINK_PIN))?;
-        self.layout.remove_attachment_dir(&self.dir)
+        self.pins.detach(&[SOCK_OPS_LINK_PIN])
     }
 }
 

@@ -7,11 +7,7 @@ pub mod pcap;
 pub mod policy;
 pub mod reference;
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use aya::{
     Ebpf,
@@ -34,7 +30,7 @@ pub use self::{
 use crate::{
     AttachMode, Error, Result,
     object::{self, map_error, pin_error, pin_link, pinned_link_program, program_error},
-    pin::PinLayout,
+    pin::{PinLayout, PinnedDir},
 };
 
 /// The accelerator's name in pin paths and messages.
@@ -450,17 +446,12 @@ impl HttpFilter {
         scope: &str,
     ) -> Result<PinnedHttpFilter> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
-        layout.create_attachment_dir(ACCELERATOR, &dir)?;
-        let pinned = Self::attach(iface, mode, policy).and_then(|filter| filter.pin_into(&dir));
-        if let Err(e) = pinned {
-            // Leave nothing half-pinned behind; unpinned handles were dropped (detached).
-            layout.remove_attachment_dir(&dir)?;
-            return Err(e);
-        }
+        let pins = layout.pin_attachment(ACCELERATOR, dir, |dir| {
+            Self::attach(iface, mode, policy).and_then(|filter| filter.pin_into(dir))
+        })?;
         Ok(PinnedHttpFilter {
             iface: iface.to_owned(),
-            dir,
-            layout: layout.clone(),
+            pins,
         })
     }
 
@@ -483,52 +474,43 @@ impl HttpFilter {
 #[derive(Debug)]
 pub struct PinnedHttpFilter {
     iface: String,
-    dir: PathBuf,
-    layout: PinLayout,
+    pins: PinnedDir,
 }
 
 impl PinnedHttpFilter {
     /// Finds the filter pinned for `iface` in `scope`.
     pub fn open(layout: &PinLayout, scope: &str, iface: &str) -> Result<Self> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
-        if !dir.join(LINK_PIN).exists() {
-            return Err(Error::NotAttached {
-                accelerator: ACCELERATOR,
-                path: dir,
-            });
-        }
         Ok(Self {
             iface: iface.to_owned(),
-            dir,
-            layout: layout.clone(),
+            pins: layout.open_attachment(ACCELERATOR, dir, LINK_PIN)?,
         })
     }
 
     /// Where its pins are.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.pins.path()
     }
 
     /// The kernel's id of the attached program, read through the pinned link.
     pub fn program_id(&self) -> Result<u32> {
-        pinned_link_program(&self.dir.join(LINK_PIN))
+        pinned_link_program(&self.pins.join(LINK_PIN))
     }
 
     /// Replaces the policy of the attached program without detaching it.
     pub fn set_policy(&self, policy: &Policy) -> Result<()> {
-        Maps::open(&self.dir)?.set_policy(policy)
+        Maps::open(self.pins.path())?.set_policy(policy)
     }
 
     /// Reads the counters from the pinned maps.
     pub fn stats(&self) -> Result<Stats> {
-        Maps::open(&self.dir)?.stats(&self.iface)
+        Maps::open(self.pins.path())?.stats(&self.iface)
     }
 
     /// Detaches the program (at once), then removes the pins: the kernel frees the program
     /// and maps.
     pub fn detach(self) -> Result<()> {
-        object::detach_pinned_link(&self.dir.join(LINK_PIN))?;
-        self.layout.remove_attachment_dir(&self.dir)
+        self.pins.detach(&[LINK_PIN])
     }
 }
 
