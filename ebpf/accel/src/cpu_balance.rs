@@ -668,16 +668,7 @@ impl CpuBalance {
 
     /// The kernel's ids of the two loaded programs (balancer, cpumap program).
     pub fn program_ids(&self) -> Result<Vec<u32>> {
-        [PROGRAM, LANDED_PROGRAM]
-            .into_iter()
-            .map(|name| {
-                let program = self.ebpf.program(name).ok_or(Error::WrongType {
-                    object: ACCELERATOR,
-                    name,
-                })?;
-                Ok(program.info().map_err(program_error("query", name))?.id())
-            })
-            .collect()
+        object::program_ids(&self.ebpf, ACCELERATOR, &[PROGRAM, LANDED_PROGRAM])
     }
 
     /// Attaches like [`CpuBalance::attach`] and pins the link, the cpumap program and the maps

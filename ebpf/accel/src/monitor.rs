@@ -139,16 +139,11 @@ impl Monitor {
 
     /// The kernel's ids of the two loaded programs (XDP, tracepoint).
     pub fn program_ids(&self) -> Result<Vec<u32>> {
-        [XDP_PROGRAM, NETIF_RECEIVE_PROGRAM]
-            .into_iter()
-            .map(|name| {
-                let program = self.ebpf.program(name).ok_or(Error::WrongType {
-                    object: ACCELERATOR,
-                    name,
-                })?;
-                Ok(program.info().map_err(program_error("query", name))?.id())
-            })
-            .collect()
+        object::program_ids(
+            &self.ebpf,
+            ACCELERATOR,
+            &[XDP_PROGRAM, NETIF_RECEIVE_PROGRAM],
+        )
     }
 
     /// Attaches like [`Monitor::attach`] and pins links and maps under `layout`, so the

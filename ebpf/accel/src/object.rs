@@ -191,6 +191,23 @@ where
         .map_err(|_| Error::WrongType { object, name })
 }
 
+/// The kernel's ids of the loaded programs `names` of `object`, in that order.
+pub(crate) fn program_ids(
+    ebpf: &Ebpf,
+    object: &'static str,
+    names: &[&'static str],
+) -> Result<Vec<u32>> {
+    names
+        .iter()
+        .map(|&name| {
+            let program = ebpf
+                .program(name)
+                .ok_or(Error::WrongType { object, name })?;
+            Ok(program.info().map_err(program_error("query", name))?.id())
+        })
+        .collect()
+}
+
 /// The map `name` of `object`.
 pub(crate) fn map<'a>(ebpf: &'a Ebpf, object: &'static str, name: &'static str) -> Result<&'a Map> {
     ebpf.map(name).ok_or(Error::WrongType { object, name })

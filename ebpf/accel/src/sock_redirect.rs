@@ -267,16 +267,7 @@ impl SockRedirect {
 
     /// The kernel's ids of the two loaded programs (sock_ops, sk_msg).
     pub fn program_ids(&self) -> Result<Vec<u32>> {
-        [SOCK_OPS_PROGRAM, SK_MSG_PROGRAM]
-            .into_iter()
-            .map(|name| {
-                let program = self.ebpf.program(name).ok_or(Error::WrongType {
-                    object: ACCELERATOR,
-                    name,
-                })?;
-                Ok(program.info().map_err(program_error("query", name))?.id())
-            })
-            .collect()
+        object::program_ids(&self.ebpf, ACCELERATOR, &[SOCK_OPS_PROGRAM, SK_MSG_PROGRAM])
     }
 
     /// Attaches like [`SockRedirect::attach`] and pins link, program and maps under `layout`
