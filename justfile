@@ -35,6 +35,10 @@ fmt:
 matrix *ARGS:
     cargo run --quiet --release -p lab-vm -- matrix --out target/lab-vm-matrix {{ARGS}}
 
+# An issue's acceptance check (tools/check/NAME; `just check` lists them), e.g. `just check lab-core`
+check NAME="" *ARGS:
+    @if [ -z "{{NAME}}" ]; then ls tools/check; else tools/check/{{NAME}} {{ARGS}}; fi
+
 # star-100 `lab up`/`lab down` against the iproute2 floor, side by side (ratios)
 bench-lab ROUNDS="5":
     cargo build --quiet --release -p lab

@@ -233,9 +233,9 @@ fn load(file: &std::path::Path) -> Result<topology::Loaded, u8> {
         Err(LoadError::Invalid(diagnostics)) => {
             eprint!("{}", diagnostics.render(&handler));
             eprintln!(
-                "error: {} is invalid ({} errors)",
+                "error: {} is invalid ({})",
                 file.display(),
-                diagnostics.error_count()
+                count_errors(diagnostics.error_count())
             );
             Err(INVALID)
         }
@@ -549,9 +549,9 @@ fn run(args: &RunArgs, states: &StateDir) -> Result<(), u8> {
         Err(lab::scenario::LoadError::Invalid(diagnostics)) => {
             eprint!("{}", diagnostics.render(&handler));
             return Err(invalid(format!(
-                "{} is invalid ({} errors)",
+                "{} is invalid ({})",
                 args.file.display(),
-                diagnostics.error_count()
+                count_errors(diagnostics.error_count())
             )));
         }
         Err(error @ lab::scenario::LoadError::Read { .. }) => return Err(fail(error)),
@@ -621,5 +621,14 @@ fn run(args: &RunArgs, states: &StateDir) -> Result<(), u8> {
     match interrupt.signal() {
         Some(signal) if !report.complete => Err(u8::try_from(128 + signal).unwrap_or(FAILURE)),
         _ => Ok(()),
+    }
+}
+
+/// "1 error", "2 errors".
+fn count_errors(count: usize) -> String {
+    if count == 1 {
+        "1 error".to_owned()
+    } else {
+        format!("{count} errors")
     }
 }

@@ -42,6 +42,8 @@ fn sample() -> (Report, Env) {
         cpu_model: "Test CPU".to_owned(),
         cores: 2,
         lab_version: "0.1.0".to_owned(),
+        crates: [("aya".to_owned(), "0.14.0".to_owned())].into(),
+        tools: [("iperf3".to_owned(), "iperf 3.12".to_owned())].into(),
         git_rev: Some("abc123".to_owned()),
         scenario_sha256: "00".repeat(32),
         seed: 7,

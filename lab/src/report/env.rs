@@ -1,7 +1,8 @@
 //! `env.json`: the machine and software a report was measured with.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,6 +18,14 @@ pub struct Env {
     pub cores: usize,
     /// Version of the `lab` crate.
     pub lab_version: String,
+    /// Versions of the crates that shape a measurement (aya, tokio, hdrhistogram, …), as
+    /// locked in `Cargo.lock` when `lab` was built.
+    #[serde(default)]
+    pub crates: BTreeMap<String, String>,
+    /// First line of `--version` of each external tool found on this machine that a lab can
+    /// use (reference benchmarks, services, QEMU); tools that are not installed are left out.
+    #[serde(default)]
+    pub tools: BTreeMap<String, String>,
     /// Git commit of the scenario's checkout, with `-dirty` when it has changes; `None`
     /// outside a git work tree.
     pub git_rev: Option<String>,
@@ -47,11 +56,56 @@ impl Env {
             cpu_model,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             lab_version: env!("CARGO_PKG_VERSION").to_owned(),
+            crates: locked_crates(),
+            tools: tool_versions(),
             git_rev: git_rev(dir),
             scenario_sha256: sha256_hex(scenario),
             seed,
         }
     }
+}
+
+/// `name=version` pairs written by `build.rs` from `Cargo.lock`.
+fn locked_crates() -> BTreeMap<String, String> {
+    env!("LAB_LOCKED_CRATES")
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, version)| (name.to_owned(), version.to_owned()))
+        .collect()
+}
+
+/// External tools a lab or its reference measurements run, with the argument that makes each
+/// print its version.
+const TOOLS: &[(&str, &str)] = &[
+    ("iperf3", "--version"),
+    ("sockperf", "--version"),
+    ("redis-server", "--version"),
+    ("juicefs", "--version"),
+    ("qemu-system-x86_64", "--version"),
+    ("bpftool", "--version"),
+];
+
+fn tool_versions() -> BTreeMap<String, String> {
+    TOOLS
+        .iter()
+        .filter_map(|(tool, arg)| {
+            let out = Command::new(tool)
+                .arg(arg)
+                .stdin(Stdio::null())
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+                &out.stderr
+            } else {
+                &out.stdout
+            })
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())?
+            .to_owned();
+            Some(((*tool).to_owned(), text))
+        })
+        .collect()
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -92,6 +146,9 @@ mod tests {
         assert_eq!(env.seed, 7);
         assert!(env.cores >= 1);
         assert!(!env.kernel.is_empty());
+        assert_eq!(env.crates.get("aya").map(String::as_str), Some("0.14.0"));
+        assert!(env.crates.contains_key("hdrhistogram"));
+        assert!(env.tools.values().all(|v| !v.is_empty()));
         assert_eq!(git_rev(Path::new("/proc")), None);
     }
 }

@@ -25,6 +25,21 @@ pub fn markdown(report: &Report, env: &Env) -> String {
             .as_ref()
             .map_or(String::new(), |r| format!(" · git {r}")),
     );
+    let listed = |map: &std::collections::BTreeMap<String, String>,
+                  format: fn(&str, &str) -> String| {
+        map.iter()
+            .map(|(name, version)| format(name, version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !env.crates.is_empty() || !env.tools.is_empty() {
+        let _ = writeln!(
+            out,
+            "Crates: {} · tools: {}\n",
+            listed(&env.crates, |name, version| format!("{name} {version}")),
+            listed(&env.tools, |name, version| format!("{name} ({version})"))
+        );
+    }
     if !report.schedule.is_empty() {
         let name = |index: usize| report.variants.get(index).map_or("?", |v| v.name.as_str());
         let runs: Vec<String> = report
