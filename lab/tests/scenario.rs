@@ -113,6 +113,107 @@ fn shipped_stream_scenario() {
 }
 
 #[test]
+fn shipped_sock_redirect_scenarios() {
+    for file in ["sock-redirect-rr.toml", "sock-redirect-stream.toml"] {
+        let s = shipped(file);
+        let names: Vec<&str> = s.variants.iter().map(|v| v.name.value.as_str()).collect();
+        assert_eq!(names, ["off", "on", "on-nogate"], "{file}");
+        assert!(s.variants[0].accelerators.is_empty());
+        let gates: Vec<u32> = s.variants[1..]
+            .iter()
+            .map(|v| match &v.accelerators[..] {
+                [a] => match &a.kind {
+                    AcceleratorKind::SockRedirect { min_size, .. } => *min_size,
+                    other => panic!("{file}: {other:?}"),
+                },
+                other => panic!("{file}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(gates, [1024, 0], "{file}");
+        // Client and server share the node: they talk over its loopback.
+        for w in &s.workloads {
+            assert_eq!(w.from.value, w.to.node.value);
+            assert!(w.to.addr.ip().is_loopback(), "{}", w.to.addr);
+        }
+    }
+    let stream = shipped("sock-redirect-stream.toml");
+    // The small-write stream runs alone, after the 128 KiB one.
+    assert!(stream.workloads[1].start.0 > stream.workloads[0].duration.0);
+    assert!(matches!(
+        stream.workloads[1].kind,
+        WorkloadKind::TcpStream { write: 512, .. }
+    ));
+    insta::assert_snapshot!(
+        "sock_redirect_rr_schedule",
+        schedule_text(&shipped("sock-redirect-rr.toml"))
+    );
+    insta::assert_snapshot!("sock_redirect_stream_schedule", schedule_text(&stream));
+}
+
+#[test]
+fn sock_redirect_settings() {
+    let text = with(
+        "start = \"1s\"\n[[variants]]\nname = \"on\"\naccelerators = [{ kind = \"sock_redirect\", \
+         node = \"b\", ports = [7000, 80, 7000] }]\n[[variants]]\nname = \"raw\"\n\
+         accelerators = [{ kind = \"sock_redirect\", node = \"a\", ports = [7000], min_size = 0 }]\n",
+    );
+    let s = parse("s.toml", &text, Path::new("."))
+        .unwrap_or_else(|d| panic!("{}", d.render_plain()))
+        .scenario;
+    let kinds: Vec<&AcceleratorKind> = s.variants[1..]
+        .iter()
+        .map(|v| &v.accelerators[0].kind)
+        .collect();
+    assert!(matches!(
+        kinds[0],
+        AcceleratorKind::SockRedirect { ports, min_size: 1024 } if *ports == [80, 7000]
+    ));
+    assert!(matches!(
+        kinds[1],
+        AcceleratorKind::SockRedirect { ports, min_size: 0 } if *ports == [7000]
+    ));
+    assert_eq!(s.workloads[0].start, Nanos(1_000_000_000));
+    // The run lasts until the delayed workload ends.
+    assert_eq!(s.run_length(), Nanos(6_000_000_000));
+}
+
+#[test]
+fn sock_redirect_mistakes() {
+    let text = with(
+        "[[variants]]\nname = \"a\"\naccelerators = [{ kind = \"sock_redirect\", node = \"b\" }]\n\
+         [[variants]]\nname = \"b\"\naccelerators = [{ kind = \"sock_redirect\", node = \"b\", ports = [0, 80] }]\n\
+         [[variants]]\nname = \"c\"\naccelerators = [{ kind = \"sock_redirect\", node = \"b\", ports = [80], iface = \"eth0\", min_size = -1 }]\n\
+         [[variants]]\nname = \"d\"\naccelerators = [{ kind = \"sock_redirect\", node = \"a\", ports = [80] }, { kind = \"sock_redirect\", node = \"b\", ports = [81] }]\n\
+         [[variants]]\nname = \"e\"\naccelerators = [{ kind = \"sock_redirect\", node = \"b\", ports = [] }]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:11:17 scenario::missing_field: the socket redirect needs `ports`",
+            "s.toml:14:64 scenario::range: a port must be between 1 and 65535, not 0",
+            "s.toml:17:69 topology::unknown_field: unknown field `iface` in the socket redirect",
+            "s.toml:17:96 topology::range: `min_size` `-1` is out of range",
+            "s.toml:20:104 scenario::duplicate_accelerator: a variant has one socket redirect at most",
+            "s.toml:23:63 scenario::range: `ports` must list 1 to 64 ports, not 0",
+        ]
+    );
+}
+
+#[test]
+fn sock_redirect_needs_a_node_of_the_runner() {
+    let text = "name = \"s\"\ntopology = { name = \"t\", nodes = { a = { kind = \"vm\" } } }\n\
+        [[variants]]\nname = \"on\"\naccelerators = [{ kind = \"sock_redirect\", node = \"a\", ports = [80] }]\n\
+        [[workloads]]\nkind = \"tcp_rr\"\nfrom = \"a\"\nto = \"a:80\"\n";
+    let errors = errors(text);
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "s.toml:5:50 scenario::unsupported_node: node `a` is a VM: the socket redirect"
+        )),
+        "{errors:#?}"
+    );
+}
+
+#[test]
 fn loading_twice_gives_the_same_schedule() {
     let a = shipped("baseline-rr.toml");
     let b = shipped("baseline-rr.toml");
@@ -216,7 +317,7 @@ fn unknown_kinds_name_the_known_ones() {
     assert_eq!(
         helps,
         [
-            "known kinds: monitor",
+            "known kinds: monitor, sock_redirect",
             "known kinds: tcp_rr, tcp_stream, udp_echo, http"
         ]
     );

@@ -22,8 +22,8 @@ use aya::{
     sys::SyscallError,
 };
 use ebpf_common::sock_redirect::{
-    COUNTERS_MAP, Counters, MAX_PORTS, PORTS_MAP, PortConfig, SK_MSG_PROGRAM, SOCK_OPS_PROGRAM,
-    SOCKETS_MAP, STATES_MAP, SockKey, SockState,
+    COUNTERS_MAP, Counters, PORTS_MAP, PortConfig, SK_MSG_PROGRAM, SOCK_OPS_PROGRAM, SOCKETS_MAP,
+    STATES_MAP, SockKey, SockState,
 };
 use serde::Serialize;
 
@@ -38,6 +38,9 @@ use crate::{
 
 /// The accelerator's name in pin paths and messages.
 pub const ACCELERATOR: &str = "sock_redirect";
+/// Most ports one redirect scopes.
+pub use ebpf_common::sock_redirect::MAX_PORTS;
+
 /// Default [`Config::min_size`]: a message below 1 KiB is small.
 pub const DEFAULT_MIN_SIZE: u32 = 1024;
 

@@ -19,6 +19,7 @@
 
 mod preflight;
 mod progress;
+mod sock_redirect;
 mod window;
 
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use crate::apply::{self, LinkChange};
 use crate::measure::{
     CpuTimes, LatencySummary, TcpCounters, busy_shares, cpu_seconds, cpu_seconds_per_gb, jain,
-    per_second,
+    per_second, process_cpu_time,
 };
 use crate::scenario::{
     AcceleratorKind, EventAction, MonitorMode, Scenario, Variant, Workload, WorkloadKind,
@@ -53,6 +53,13 @@ pub(super) struct Measured {
     pub summary: String,
 }
 
+/// One workload's run: what it measured, and the CPU time the runner's process used
+/// meanwhile.
+struct Ran {
+    outcome: Outcome,
+    cpu: Duration,
+}
+
 /// What one workload measured.
 enum Outcome {
     Rr(TcpRrResult),
@@ -62,9 +69,33 @@ enum Outcome {
 
 /// An accelerator attached for one window; dropping it detaches.
 struct Attached {
-    /// `monitor.NODE-IFACE`, the start of its metric names.
+    /// `monitor.NODE-IFACE` or `sock_redirect.NODE`, the start of its metric names.
     label: String,
-    monitor: Monitor,
+    handle: Handle,
+}
+
+/// The handle of one attached accelerator.
+enum Handle {
+    Monitor(Monitor),
+    SockRedirect(super::sock_redirect::Redirect),
+}
+
+/// An attached accelerator's counters at one moment.
+enum Counters {
+    Monitor(Stats),
+    SockRedirect(accel::sock_redirect::Stats),
+}
+
+impl Attached {
+    fn counters(&self) -> Result<Counters, String> {
+        match &self.handle {
+            Handle::Monitor(m) => m
+                .stats()
+                .map(Counters::Monitor)
+                .map_err(|e| format!("{}: {e}", self.label)),
+            Handle::SockRedirect(r) => r.stats().map(Counters::SockRedirect),
+        }
+    }
 }
 
 impl<'a> Lab<'a> {
@@ -140,9 +171,9 @@ impl<'a> Lab<'a> {
         let attached = self.attach(variant)?;
         let tcp_before = self.tcp_counters()?;
         let cpu_before = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
-        let monitor_before: Vec<Stats> = attached
+        let counters_before: Vec<Counters> = attached
             .iter()
-            .map(|a| a.monitor.stats().map_err(|e| format!("{}: {e}", a.label)))
+            .map(Attached::counters)
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
         let outcomes = thread::scope(|scope| {
@@ -162,12 +193,19 @@ impl<'a> Lab<'a> {
         let mut metrics = BTreeMap::new();
         let mut bytes = 0;
         let mut latency = None;
-        for ((outcome, workload), label) in outcomes
+        for ((ran, workload), label) in outcomes
             .iter()
             .zip(&self.scenario.workloads)
             .zip(&self.labels)
         {
-            bytes += workload_metrics(outcome, workload, label, &mut metrics);
+            let outcome = &ran.outcome;
+            let moved = workload_metrics(outcome, workload, label, &mut metrics);
+            bytes += moved;
+            let cpu = ran.cpu.as_secs_f64();
+            metrics.insert(format!("{label}.process_cpu_s"), cpu);
+            if let Some(cost) = cpu_seconds_per_gb(cpu, moved) {
+                metrics.insert(format!("{label}.process_cpu_s_per_gb"), cost);
+            }
             if latency.is_none() {
                 latency = match outcome {
                     Outcome::Rr(r) => Some(r.latency.clone()),
@@ -191,14 +229,20 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
         }
-        for (attached, before) in attached.iter().zip(&monitor_before) {
-            let after = attached
-                .monitor
-                .stats()
-                .map_err(|e| format!("{}: {e}", attached.label))?;
-            self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+        for (attached, before) in attached.iter().zip(&counters_before) {
+            let label = &attached.label;
+            match (before, attached.counters()?) {
+                (Counters::Monitor(before), Counters::Monitor(after)) => {
+                    self.monitor_metrics(label, before, &after, elapsed, &mut metrics);
+                }
+                (Counters::SockRedirect(before), Counters::SockRedirect(after)) => {
+                    super::sock_redirect::metrics(label, before, &after, &mut metrics);
+                }
+                _ => return Err(format!("{label}: its counters changed kind")),
+            }
         }
         drop(attached);
+        let outcomes: Vec<Outcome> = outcomes.into_iter().map(|r| r.outcome).collect();
         let summary = summary(&outcomes, &self.labels);
         Ok(Measured {
             metrics,
@@ -319,7 +363,17 @@ impl<'a> Lab<'a> {
                     })?;
                     attached.push(Attached {
                         label: format!("monitor.{node}-{}", iface.value),
-                        monitor,
+                        handle: Handle::Monitor(monitor),
+                    });
+                }
+                AcceleratorKind::SockRedirect { ports, min_size } => {
+                    let cgroup = format!("{}-{}.sock-redirect", self.plan.prefix, self.plan.lab);
+                    let redirect =
+                        super::sock_redirect::Redirect::attach(&cgroup, ports, *min_size)
+                            .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                    attached.push(Attached {
+                        label: format!("sock_redirect.{node}"),
+                        handle: Handle::SockRedirect(redirect),
                     });
                 }
             }
@@ -401,7 +455,7 @@ impl<'a> Lab<'a> {
     }
 
     /// Runs every workload at once, each for `duration` or else its own.
-    fn run_workloads(&self, duration: Option<Duration>) -> Result<Vec<Outcome>, String> {
+    fn run_workloads(&self, duration: Option<Duration>) -> Result<Vec<Ran>, String> {
         thread::scope(|scope| {
             let running: Vec<_> = self
                 .scenario
@@ -409,7 +463,20 @@ impl<'a> Lab<'a> {
                 .iter()
                 .map(|w| {
                     let stop = Stop::After(duration.unwrap_or(Duration::from_nanos(w.duration.0)));
-                    scope.spawn(move || self.run_workload(w, stop))
+                    let start = if duration.is_some() {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_nanos(w.start.0)
+                    };
+                    scope.spawn(move || {
+                        thread::sleep(start);
+                        let before = process_cpu_time();
+                        let outcome = self.run_workload(w, stop)?;
+                        let cpu = process_cpu_time()
+                            .and_then(|after| Ok(after.saturating_sub(before?)))
+                            .map_err(|e| format!("read the runner's CPU time: {e}"))?;
+                        Ok(Ran { outcome, cpu })
+                    })
                 })
                 .collect();
             running

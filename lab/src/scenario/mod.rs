@@ -24,6 +24,9 @@
 //! name = "netem-1ms"
 //! impair = { "client:eth0" = { delay = "1ms" } }
 //! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", mode = "auto" }]
+//! # or { kind = "sock_redirect", node = "server", ports = [5201], min_size = 1024 }:
+//! # same-host TCP of these ports redirected; `min_size` is the gate's small-message bound
+//! # (default 1024, 0 = no gate)
 //! [[workloads]]
 //! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
 //! from = "client"                      # the node that runs the client
@@ -31,6 +34,9 @@
 //! size = 64                            # tcp_rr: request = response = size (or `request`,
 //!                                      # `response`); `connections` (default 1)
 //! duration = "5s"                      # default: `window`
+//! start = "0s"                         # default 0: when it starts in each measured run (a
+//!                                      # workload that runs alone gets its own process CPU
+//!                                      # metrics; warm-up starts all at once)
 //! from_cpus = [0]                      # CPUs for the client's threads (default: any)
 //! to_cpus = [1]                        # CPUs for the server's threads
 //! # tcp_stream: message (default 131072), write (default = message), connections
@@ -82,11 +88,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// How long one measured run lasts: its longest workload.
+    /// How long one measured run lasts: until its last workload ends.
     pub fn run_length(&self) -> Nanos {
         self.workloads
             .iter()
-            .map(|w| w.duration)
+            .map(|w| Nanos(w.start.0 + w.duration.0))
             .max()
             .unwrap_or(self.window)
     }
@@ -145,6 +151,15 @@ pub enum AcceleratorKind {
         /// How the XDP program is attached.
         mode: MonitorMode,
     },
+    /// Same-host TCP socket redirect (`accel::sock_redirect`). Its sock_ops program is
+    /// attached to a cgroup the runner's own process joins for the window, so it covers the
+    /// workloads of every node that runs as a namespace of the runner, scoped by `ports`.
+    SockRedirect {
+        /// Ports whose connections are redirected (local or remote port), sorted, unique.
+        ports: Vec<u16>,
+        /// Messages below this many bytes count as small for the gate; 0 turns it off.
+        min_size: u32,
+    },
 }
 
 /// XDP attach mode of the monitor.
@@ -160,7 +175,7 @@ pub enum MonitorMode {
 }
 
 /// Names of the accelerator kinds, for help texts.
-pub const ACCELERATOR_KINDS: &[&str] = &["monitor"];
+pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "sock_redirect"];
 
 /// A load generator between two nodes.
 #[derive(Clone, Debug)]
@@ -171,6 +186,8 @@ pub struct Workload {
     pub from: Spanned<String>,
     /// The server's node and address.
     pub to: Target,
+    /// When it starts in each measured run, from the start of the run.
+    pub start: Nanos,
     /// How long it runs in each measured run.
     pub duration: Nanos,
     /// CPUs for the client's threads (empty: not pinned).

@@ -30,8 +30,19 @@ const TOP: &[&str] = &[
 ];
 const VARIANT: &[&str] = &["name", "accelerators", "impair"];
 const MONITOR: &[&str] = &["kind", "node", "iface", "mode"];
+const SOCK_REDIRECT: &[&str] = &["kind", "node", "ports", "min_size"];
+/// Ports one socket redirect can scope (its port map's size).
+const REDIRECT_PORTS: RangeInclusive<usize> = 1..=accel::sock_redirect::MAX_PORTS as usize;
 const EVENT: &[&str] = &["at", "link", "set"];
-const COMMON: &[&str] = &["kind", "from", "to", "duration", "from_cpus", "to_cpus"];
+const COMMON: &[&str] = &[
+    "kind",
+    "from",
+    "to",
+    "duration",
+    "start",
+    "from_cpus",
+    "to_cpus",
+];
 const TCP_RR: &[&str] = &["size", "request", "response", "connections"];
 const TCP_STREAM: &[&str] = &["message", "write", "connections"];
 const UDP_ECHO: &[&str] = &["pps", "size"];
@@ -385,7 +396,8 @@ fn read_variant(value: &Value, topo: Option<&Topology>, sink: &mut Sink) -> Opti
     };
     let accelerators = read_list(&mut fields, "accelerators", sink, |v, sink| {
         read_accelerator(v, topo, sink)
-    });
+    })
+    .filter(|a| one_sock_redirect(a, sink));
     let impair = match fields.get("impair") {
         Some(v) => read_overrides(v, topo, sink),
         None => Some(Vec::new()),
@@ -485,6 +497,15 @@ fn read_accelerator(
                 mode: mode?,
             }
         }
+        "sock_redirect" => {
+            let node_ok = match (topo, &node) {
+                (Some(t), Some(n)) => check_cgroup_node(t, n, sink),
+                _ => true,
+            };
+            let settings = read_sock_redirect(&mut fields, sink);
+            fields.finish(sink, "the socket redirect", SOCK_REDIRECT, &[]);
+            node_ok.then_some(settings?)?
+        }
         other => {
             sink.error(
                 "scenario::unknown_accelerator",
@@ -499,6 +520,90 @@ fn read_accelerator(
         node: node?,
         kind: settings,
     })
+}
+
+/// Checks that at most one of `accelerators` is a socket redirect (it covers the runner's
+/// whole process: one per variant, listing every port).
+fn one_sock_redirect(accelerators: &[Accelerator], sink: &mut Sink) -> bool {
+    let mut redirects = accelerators
+        .iter()
+        .filter(|a| matches!(a.kind, AcceleratorKind::SockRedirect { .. }));
+    let first = redirects.next();
+    match (first, redirects.next()) {
+        (Some(first), Some(second)) => {
+            sink.error(
+                "scenario::duplicate_accelerator",
+                second.node.span,
+                "a variant has one socket redirect at most",
+            )
+            .label(first.node.span, "the first")
+            .help("it covers every node of the run: list all ports in the first one");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Reads the socket redirect's `ports` (required) and `min_size`.
+fn read_sock_redirect(fields: &mut Fields<'_>, sink: &mut Sink) -> Option<AcceleratorKind> {
+    let min_size = field(
+        fields,
+        "min_size",
+        u64::from(accel::sock_redirect::DEFAULT_MIN_SIZE),
+        0..=*MESSAGE.end(),
+        sink,
+    );
+    let Some(list) = fields.get("ports") else {
+        missing(sink, fields.span, "the socket redirect needs `ports`")
+            .help("list the ports whose connections it redirects, like `ports = [5201]`");
+        return None;
+    };
+    let items = value::array(list, "`ports`", sink)?;
+    let read: Vec<Option<u16>> = items
+        .iter()
+        .map(|v| bounded(v, "a port", 1..=u64::from(u16::MAX), sink).map(|p| p as u16))
+        .collect();
+    let mut ports: Vec<u16> = read.into_iter().collect::<Option<_>>()?;
+    ports.sort_unstable();
+    ports.dedup();
+    if !REDIRECT_PORTS.contains(&ports.len()) {
+        sink.error(
+            "scenario::range",
+            list.span,
+            format!(
+                "`ports` must list {} to {} ports, not {}",
+                REDIRECT_PORTS.start(),
+                REDIRECT_PORTS.end(),
+                ports.len()
+            ),
+        );
+        return None;
+    }
+    Some(AcceleratorKind::SockRedirect {
+        ports,
+        min_size: min_size? as u32,
+    })
+}
+
+/// Checks that `node` runs as part of the runner's process (a namespace or the host), which
+/// a cgroup program of the runner's cgroup sees; a VM does not.
+fn check_cgroup_node(topo: &Topology, node: &Spanned<String>, sink: &mut Sink) -> bool {
+    match topo.node(&node.value).map(|n| &n.kind.value) {
+        Some(NodeKind::Vm { .. }) => {
+            sink.error(
+                "scenario::unsupported_node",
+                node.span,
+                format!(
+                    "node `{}` is a VM: the socket redirect attaches to the runner's cgroup and \
+                     sees only nodes that are namespaces of the runner",
+                    node.value
+                ),
+            )
+            .help("put the client and the server on a `netns` or `host` node");
+            false
+        }
+        _ => true,
+    }
 }
 
 fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {
@@ -573,6 +678,10 @@ fn read_workload(
         missing(sink, span, "a workload needs `kind`, `from` and `to`")
             .help("like `kind = \"tcp_rr\"`, `from = \"client\"`, `to = \"server:5201\"`");
     }
+    let start = match fields.get("start") {
+        Some(v) => duration(v, "`start`", false, sink),
+        None => Some(Nanos(0)),
+    };
     let duration = match fields.get("duration") {
         Some(v) => duration(v, "`duration`", true, sink),
         None => Some(window),
@@ -689,6 +798,7 @@ fn read_workload(
         span,
         from: from?,
         to: to?,
+        start: start?,
         duration: duration?,
         from_cpus: from_cpus?,
         to_cpus: to_cpus?,

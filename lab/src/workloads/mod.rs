@@ -151,6 +151,36 @@ fn join<T>(
     })
 }
 
+/// Reads what is there from `stream` into `buf`, like [`io::Read::read`], retrying a read
+/// interrupted by a signal or failing with EAGAIN before the peer was silent for `idle`.
+///
+/// With a read timeout set, EAGAIN usually means the timeout passed. But a blocking read of
+/// a socket whose peer redirects into it with sk_msg (`accel::sock_redirect`) also returns
+/// EAGAIN early: the kernel's `tcp_bpf_recvmsg` gives up after one wake-up that brought no
+/// redirected data, and other wake-ups share the socket's wait queue.
+fn read_some(stream: &mut impl io::Read, buf: &mut [u8], idle: Duration) -> io::Result<usize> {
+    let since = Instant::now();
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && since.elapsed() < idle => {}
+            other => return other,
+        }
+    }
+}
+
+/// Fills `buf` from `stream` like [`io::Read::read_exact`], with [`read_some`]'s retries.
+fn read_full(stream: &mut impl io::Read, buf: &mut [u8], idle: Duration) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_some(stream, &mut buf[filled..], idle)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => filled += n,
+        }
+    }
+    Ok(())
+}
+
 /// Binds a TCP listener whose `accept` gives up after [`IDLE_TIMEOUT`].
 fn listen(addr: std::net::SocketAddr, what: &str) -> Result<std::net::TcpListener, Error> {
     let listener = std::net::TcpListener::bind(addr).context(|| format!("{what}: bind {addr}"))?;
@@ -172,4 +202,60 @@ fn stopped_early<T>(result: Result<T, Error>, what: &str) -> Error {
             io::Error::other("it stopped before it was ready"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plays back a script of read results, one per call; then reports EAGAIN forever.
+    struct Script(Vec<io::Result<Vec<u8>>>);
+
+    impl io::Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let bytes = self.0.remove(0)?;
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok(bytes.len())
+        }
+    }
+
+    fn again() -> io::Result<Vec<u8>> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    #[test]
+    fn early_eagain_is_retried_and_bytes_kept_in_order() {
+        let mut stream = Script(vec![
+            again(),
+            Ok(b"ab".to_vec()),
+            Err(io::ErrorKind::Interrupted.into()),
+            again(),
+            Ok(b"cd".to_vec()),
+        ]);
+        let mut buf = [0; 4];
+        read_full(&mut stream, &mut buf, IDLE_TIMEOUT).unwrap();
+        assert_eq!(&buf, b"abcd");
+    }
+
+    #[test]
+    fn eagain_after_the_idle_time_is_the_timeout() {
+        let mut stream = Script(Vec::new());
+        let started = Instant::now();
+        let err = read_some(&mut stream, &mut [0; 4], Duration::from_millis(20)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn end_of_stream_and_other_errors_pass_through() {
+        let mut closed = Script(vec![Ok(b"a".to_vec()), Ok(Vec::new())]);
+        let err = read_full(&mut closed, &mut [0; 2], IDLE_TIMEOUT).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let mut reset = Script(vec![Err(io::ErrorKind::ConnectionReset.into())]);
+        let err = read_some(&mut reset, &mut [0; 2], IDLE_TIMEOUT).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
 }

@@ -1,6 +1,6 @@
 //! Request/response over TCP.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::{Barrier, mpsc};
 use std::thread::{self, Scope};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::{
-    Context, Error, IDLE_TIMEOUT, Site, Stop, join, latency_histogram, listen, record,
+    Context, Error, IDLE_TIMEOUT, Site, Stop, join, latency_histogram, listen, read_full, record,
     stopped_early,
 };
 
@@ -142,7 +142,7 @@ fn answer(mut stream: std::net::TcpStream, config: &TcpRr) -> Result<(), Error> 
     let mut request = vec![0; config.request.max(1)];
     let response = vec![0x5a; config.response.max(1)];
     loop {
-        match stream.read_exact(&mut request) {
+        match read_full(&mut stream, &mut request, IDLE_TIMEOUT) {
             Ok(()) => stream.write_all(&response).context(what)?,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(Error::new(what(), e)),
@@ -177,7 +177,7 @@ fn run_client(
     while !config.stop.reached(begin, done) {
         let sent = Instant::now();
         stream.write_all(&request).context(what)?;
-        stream.read_exact(&mut response).context(what)?;
+        read_full(&mut stream, &mut response, IDLE_TIMEOUT).context(what)?;
         record(&mut latency, sent.elapsed());
         done += 1;
     }

@@ -1,12 +1,12 @@
 //! One-way bulk TCP.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::{Barrier, mpsc};
 use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
 
-use super::{Context, Error, IDLE_TIMEOUT, Site, Stop, join, listen, stopped_early};
+use super::{Context, Error, IDLE_TIMEOUT, Site, Stop, join, listen, read_some, stopped_early};
 
 /// Receive buffer of each server connection.
 const READ_BUFFER: usize = 256 * 1024;
@@ -163,7 +163,7 @@ fn receive(mut stream: std::net::TcpStream) -> Result<Received, Error> {
         last: None,
     };
     loop {
-        match stream.read(&mut buffer) {
+        match read_some(&mut stream, &mut buffer, IDLE_TIMEOUT) {
             Ok(0) => return Ok(received),
             Ok(n) => {
                 let now = Instant::now();
@@ -171,7 +171,6 @@ fn receive(mut stream: std::net::TcpStream) -> Result<Received, Error> {
                 received.last = Some(now);
                 received.bytes += n as u64;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::new(what(), e)),
         }
     }
