@@ -652,6 +652,8 @@ struct Queue {
     _umem: Umem,
     area: Area,
     zero_copy: bool,
+    /// Frames user space holds: neither in a ring nor being rewritten.
+    free: Vec<u64>,
 }
 
 impl Queue {
@@ -727,6 +729,7 @@ impl Queue {
             _umem: umem,
             area,
             zero_copy,
+            free: (0..FRAMES).map(|i| u64::from(i * FRAME_SIZE)).collect(),
         })
     }
 
@@ -747,6 +750,9 @@ fn run_queue(
     ready: mpsc::Sender<(RawFd, bool)>,
 ) -> Result<()> {
     let mut q = Queue::open(ifindex, queue, zero_copy)?;
+    // Frames must be on the fill ring before the socket enters the XSKMAP, or the first
+    // datagrams find none and are dropped.
+    q.refill(counters);
     if ready.send((q.fd(), q.zero_copy)).is_err() {
         return Ok(());
     }
@@ -761,7 +767,6 @@ impl Queue {
         counters: &QueueCounters,
         stop: &AtomicBool,
     ) -> Result<()> {
-        let mut free: Vec<u64> = (0..FRAMES).map(|i| u64::from(i * FRAME_SIZE)).collect();
         let mut out: Vec<XdpDesc> = Vec::with_capacity(BATCH as usize);
         let mut drops = [0u64; 4];
         let mut rounds = 0u32;
@@ -769,20 +774,10 @@ impl Queue {
             // Sent frames come back on the completion ring.
             {
                 let mut done = self.fill.complete(RING);
-                free.extend(done.by_ref());
+                self.free.extend(done.by_ref());
                 done.release();
             }
-            // Free frames go to the fill ring.
-            if free.is_empty() {
-                counters.fill_ring_empty.fetch_add(1, Relaxed);
-            } else {
-                let mut fill = self.fill.fill(free.len() as u32);
-                let n = fill.capacity() as usize;
-                let from = free.len() - n;
-                let inserted = fill.insert(free[from..].iter().copied()) as usize;
-                fill.commit();
-                free.truncate(free.len() - inserted);
-            }
+            self.refill(counters);
             if self.fill.needs_wakeup() {
                 self.fill.wake();
             }
@@ -802,12 +797,12 @@ impl Queue {
                             }),
                             Err(reason) => {
                                 drops[reason as usize] += 1;
-                                free.push(frame_start);
+                                self.free.push(frame_start);
                             }
                         },
                         None => {
                             drops[DropReason::Malformed as usize] += 1;
-                            free.push(frame_start);
+                            self.free.push(frame_start);
                         }
                     }
                 }
@@ -821,7 +816,7 @@ impl Queue {
                     counters
                         .tx_ring_full
                         .fetch_add((out.len() - sent) as u64, Relaxed);
-                    free.extend(
+                    self.free.extend(
                         out[sent..]
                             .iter()
                             .map(|d| d.addr - d.addr % u64::from(FRAME_SIZE)),
@@ -858,6 +853,19 @@ impl Queue {
         }
         self.publish(counters, &mut drops);
         Ok(())
+    }
+
+    /// Gives the fill ring every free frame it has room for.
+    fn refill(&mut self, counters: &QueueCounters) {
+        if self.free.is_empty() {
+            counters.fill_ring_empty.fetch_add(1, Relaxed);
+            return;
+        }
+        let mut fill = self.fill.fill(self.free.len() as u32);
+        let from = self.free.len() - fill.capacity() as usize;
+        let inserted = fill.insert(self.free[from..].iter().copied()) as usize;
+        fill.commit();
+        self.free.truncate(self.free.len() - inserted);
     }
 
     /// Moves the drop tallies into `counters` and reads the kernel's socket statistics.
