@@ -7,6 +7,7 @@
 //! [`pin::PinLayout`]) so that attachments outlive the process that made them and
 //! `accel … detach` or `lab down` can find and remove them later.
 
+pub mod afxdp;
 pub mod cpu_balance;
 mod error;
 pub mod http_filter;

@@ -9,10 +9,11 @@ use std::{
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use accel::{
-    AttachMode,
+    AttachMode, afxdp,
     cpu_balance::{CpuBalance, PinnedCpuBalance, Weights},
     http_filter::{self, HttpFilter, PinnedHttpFilter, Policy, TestRunner, pcap},
     monitor::{self, Monitor, PinnedMonitor},
@@ -58,6 +59,54 @@ enum Accelerator {
     /// CPU balance at XDP: cpumap redirect by a symmetric flow hash over weighted CPUs.
     #[command(subcommand)]
     CpuBalance(CpuBalanceCommand),
+    /// AF_XDP fast path: chosen UDP ports go to user space, which echoes or forwards them;
+    /// runs in the foreground until SIGINT or SIGTERM, then detaches and prints its counters.
+    #[command(subcommand)]
+    Afxdp(AfxdpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AfxdpCommand {
+    /// Send each datagram back to its sender (MAC, IP addresses and ports swapped).
+    Echo {
+        #[command(flatten)]
+        run: AfxdpRun,
+    },
+    /// Send each datagram on to a next hop (destination MAC and IP rewritten, TTL - 1).
+    Forward {
+        #[command(flatten)]
+        run: AfxdpRun,
+        /// The next hop's MAC address, e.g. 02:00:00:00:00:0a.
+        #[arg(long)]
+        next_hop_mac: String,
+        /// New destination of IPv4 datagrams (IPv4 datagrams are dropped without it).
+        #[arg(long)]
+        next_hop_v4: Option<std::net::Ipv4Addr>,
+        /// New destination of IPv6 datagrams (IPv6 datagrams are dropped without it).
+        #[arg(long)]
+        next_hop_v6: Option<std::net::Ipv6Addr>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AfxdpRun {
+    #[command(flatten)]
+    target: Target,
+    /// UDP destination ports to handle in user space (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    ports: Vec<u16>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t)]
+    mode: AttachMode,
+    /// Bind in copy mode without trying zero-copy first.
+    #[arg(long)]
+    copy: bool,
+    /// Print the counters every this many seconds (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    interval: u64,
+    /// Counters as one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,7 +285,144 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Accelerator::HttpFilter(command) => http_filter_command(command, &layout, scope),
         Accelerator::SockRedirect(command) => sock_redirect_command(command, &layout, scope),
         Accelerator::CpuBalance(command) => cpu_balance_command(command, &layout, scope),
+        Accelerator::Afxdp(command) => afxdp_command(command),
     }
+}
+
+/// Set by SIGINT and SIGTERM.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+fn catch_stop_signals() -> anyhow::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction is plain data; the handler only stores to an atomic, which is
+        // async-signal-safe.
+        let ret = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error()).context("install the signal handlers");
+        }
+    }
+    Ok(())
+}
+
+fn afxdp_command(command: AfxdpCommand) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (run, mode) = match command {
+        AfxdpCommand::Echo { run } => (run, afxdp::Mode::Echo),
+        AfxdpCommand::Forward {
+            run,
+            next_hop_mac,
+            next_hop_v4,
+            next_hop_v6,
+        } => (
+            run,
+            afxdp::Mode::Forward {
+                mac: afxdp::parse_mac(&next_hop_mac)?,
+                v4: next_hop_v4,
+                v6: next_hop_v6,
+            },
+        ),
+    };
+    let mut config = afxdp::Config::new(&run.ports, mode)?;
+    config.attach = run.mode;
+    config.zero_copy = !run.copy;
+    catch_stop_signals()?;
+    let iface = &run.target.iface;
+    let fast_path = afxdp::AfXdp::start(iface, &config)?;
+    let stats = fast_path.stats()?;
+    println!(
+        "afxdp {} on {iface}: ports {:?}, {} queue(s), {} mode, XDP {:?} mode; Ctrl-C stops",
+        match mode {
+            afxdp::Mode::Echo => "echo",
+            afxdp::Mode::Forward { .. } => "forward",
+        },
+        config.ports,
+        stats.queues.len(),
+        if stats.total().zero_copy {
+            "zero-copy"
+        } else {
+            "copy"
+        },
+        fast_path.xdp_mode(),
+    );
+    io::stdout().flush()?;
+    let interval = std::time::Duration::from_secs(run.interval);
+    let mut last = std::time::Instant::now();
+    while !SIGNALLED.load(Ordering::Relaxed) && !fast_path.failed() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        if run.interval > 0 && last.elapsed() >= interval {
+            last = std::time::Instant::now();
+            print_afxdp(&fast_path.stats()?, run.json)?;
+        }
+    }
+    let stats = fast_path.stop()?;
+    print_afxdp(&stats, run.json)?;
+    Ok(())
+}
+
+fn print_afxdp(stats: &afxdp::Stats, json: bool) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "iface": stats.iface,
+            "program": stats.program,
+            "queues": stats.queues,
+            "total": stats.total(),
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        let p = &stats.program;
+        writeln!(
+            out,
+            "afxdp on {}: program saw {} frames, redirected {}, no socket {}, passed {}",
+            stats.iface, p.packets, p.redirected, p.no_socket, p.passed
+        )?;
+        writeln!(
+            out,
+            "{:>5} {:>12} {:>12} {:>10} {:>12} {:>14} {:>16} {:>15}",
+            "queue",
+            "rx",
+            "tx",
+            "dropped",
+            "tx_ring_full",
+            "fill_ring_empty",
+            "kernel_rx_dropped",
+            "kernel_ring_full"
+        )?;
+        let row = |out: &mut io::StdoutLock<'_>, name: &str, q: &afxdp::QueueStats| {
+            writeln!(
+                out,
+                "{name:>5} {:>12} {:>12} {:>10} {:>12} {:>14} {:>16} {:>15}",
+                q.rx_packets,
+                q.tx_packets,
+                q.dropped,
+                q.tx_ring_full,
+                q.fill_ring_empty,
+                q.kernel_rx_dropped,
+                q.kernel_rx_ring_full
+            )
+        };
+        for q in &stats.queues {
+            row(&mut out, &q.queue.to_string(), q)?;
+        }
+        row(&mut out, "all", &stats.total())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn cpu_balance_command(

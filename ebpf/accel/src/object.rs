@@ -213,6 +213,15 @@ pub(crate) fn map<'a>(ebpf: &'a Ebpf, object: &'static str, name: &'static str) 
     ebpf.map(name).ok_or(Error::WrongType { object, name })
 }
 
+/// The map `name` of `object`, for writing.
+pub(crate) fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    object: &'static str,
+    name: &'static str,
+) -> Result<&'a mut Map> {
+    ebpf.map_mut(name).ok_or(Error::WrongType { object, name })
+}
+
 /// Takes ownership of the map `name` of `object`.
 pub(crate) fn take_map(ebpf: &mut Ebpf, object: &'static str, name: &'static str) -> Result<Map> {
     ebpf.take_map(name).ok_or(Error::WrongType { object, name })

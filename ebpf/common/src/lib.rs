@@ -5,6 +5,7 @@
 //! reads the same bytes back.
 #![no_std]
 
+pub mod afxdp;
 pub mod cpu_balance;
 pub mod http_filter;
 pub mod monitor;
