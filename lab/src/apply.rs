@@ -24,7 +24,7 @@ use lab_netlink::{Netem, Netlink, Probability, Route, Veth};
 use tokio::sync::OnceCell;
 
 use crate::{
-    node::{NetnsNode, Node as _},
+    node::{NetnsNode, Node, vm::VmNode},
     state::{LabState, Phase, StateDir},
     topology::{Impairment, Netns, Plan, Step, Undo, lab_tag},
 };
@@ -68,7 +68,8 @@ pub async fn up(
     states.write(&state)?;
     tracing::info!(lab = %plan.lab, steps = plan.steps.len(), "bringing the lab up");
     let started = std::time::Instant::now();
-    let failures = Executor::new()?.run(&plan.steps, progress).await;
+    let vm_dir = states.vm_dir(&plan.prefix, &plan.lab);
+    let failures = Executor::new(vm_dir)?.run(&plan.steps, progress).await;
     if failures.is_empty() {
         state.phase = Phase::Up;
         states.write(&state)?;
@@ -93,6 +94,14 @@ pub async fn down(
         if lab.is_none_or(|l| l == state.plan.lab) {
             teardown(&state.plan, states).await?;
             labs.push(state.plan.lab);
+        }
+    }
+    for (vm_lab, dir) in states.vm_dirs(prefix)? {
+        if lab.is_none_or(|l| l == vm_lab) {
+            stop_vms(&dir).await?;
+            if !labs.contains(&vm_lab) {
+                labs.push(vm_lab);
+            }
         }
     }
     let (ns_prefix, host_prefix) = match lab {
@@ -194,6 +203,7 @@ pub async fn change_link(
 /// Removes everything `plan` makes, then its state file.
 async fn teardown(plan: &Plan, states: &StateDir) -> Result<(), Error> {
     tracing::info!(lab = %plan.lab, "tearing the lab down");
+    stop_vms(&states.vm_dir(&plan.prefix, &plan.lab)).await?;
     run_undos(plan.teardown().iter()).await?;
     states.remove(&plan.prefix, &plan.lab)?;
     Ok(())
@@ -220,6 +230,35 @@ fn is_host_device_of_prefix(prefix: &str, name: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Stops the VMs whose run directories are in `dir` (see [`StateDir::vm_dir`]) and removes
+/// it. Every VM node of a plan has its directory there, so this is its [`Undo::StopVm`].
+async fn stop_vms(dir: &std::path::Path) -> Result<(), Error> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::State(e)),
+        };
+        let mut failures = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            if let Err(e) = lab_vm::vm::stop(&path) {
+                failures.push(e.to_string());
+            }
+        }
+        if !failures.is_empty() {
+            return Err(Error::Teardown(failures));
+        }
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::State(e)),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| Error::Teardown(vec![format!("teardown thread: {e}")]))?
+}
+
 /// Host links first (a veth end in the host goes with its peer), then namespaces, whose
 /// processes are killed first: a process inside keeps a namespace and its devices alive.
 async fn run_undos<'a>(undos: impl Iterator<Item = &'a Undo>) -> Result<(), Error> {
@@ -241,7 +280,7 @@ async fn run_undos<'a>(undos: impl Iterator<Item = &'a Undo>) -> Result<(), Erro
         .into_iter()
         .filter_map(|u| match u {
             Undo::DeleteNamespace { ns } => Some(ns.clone()),
-            Undo::DeleteLink { .. } => None,
+            Undo::DeleteLink { .. } | Undo::StopVm { .. } => None,
         })
         .collect();
     failures.extend(
@@ -373,6 +412,7 @@ fn kind(step: &Step) -> std::mem::Discriminant<Step> {
 fn namespaces(step: &Step) -> Vec<Netns> {
     match step {
         Step::CreateNamespace { ns, .. } => vec![Netns::Named(ns.clone())],
+        Step::StartVm(spec) => vec![Netns::Named(spec.ns.clone())],
         Step::CreateVeth { a, b, .. } => vec![a.ns.clone(), b.ns.clone()],
         Step::Sysctl { ns, .. }
         | Step::CreateBridge { ns, .. }
@@ -381,6 +421,7 @@ fn namespaces(step: &Step) -> Vec<Netns> {
         | Step::AddNetem { ns, .. }
         | Step::SetUp { ns, .. }
         | Step::AddRoute { ns, .. }
+        | Step::CreateTap { ns, .. }
         | Step::Exec { ns, .. } => vec![ns.clone()],
     }
 }
@@ -424,15 +465,21 @@ fn dependencies(steps: &[Step]) -> Vec<Vec<usize>> {
 struct Executor {
     host: Netlink,
     connections: Mutex<HashMap<String, Arc<OnceCell<Netlink>>>>,
+    /// Where VM nodes get their run directories.
+    vm_dir: std::path::PathBuf,
+    /// The VM nodes of the steps being run.
+    vms: Mutex<HashSet<String>>,
 }
 
 type StepDone = Shared<futures_util::future::BoxFuture<'static, bool>>;
 
 impl Executor {
-    fn new() -> Result<Arc<Self>, Error> {
+    fn new(vm_dir: std::path::PathBuf) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(Self {
             host: Netlink::current()?,
             connections: Mutex::new(HashMap::new()),
+            vm_dir,
+            vms: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -440,6 +487,13 @@ impl Executor {
     /// whose dependency failed is skipped.
     async fn run(self: Arc<Self>, steps: &[Step], progress: &ProgressBar) -> Vec<String> {
         let failures = Arc::new(Mutex::new(Vec::new()));
+        self.vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(steps.iter().filter_map(|s| match s {
+                Step::StartVm(spec) => Some(spec.node.clone()),
+                _ => None,
+            }));
         let mut done: Vec<StepDone> = Vec::with_capacity(steps.len());
         for (step, deps) in steps.iter().zip(dependencies(steps)) {
             let waits: Vec<StepDone> = deps.iter().map(|&d| done[d].clone()).collect();
@@ -541,10 +595,42 @@ impl Executor {
                 let route = Route::new(network.addr, network.prefix).via(*via);
                 self.connection(ns).await?.add_route(&route).await
             }
+            Step::CreateTap { ns, dev, .. } => {
+                let ns = named(ns)?;
+                let dev = dev.clone();
+                blocking(move || match ns {
+                    Some(ns) => ns.create_tap(&dev),
+                    None => Err(io_error(
+                        format!("create tap {dev}"),
+                        std::io::Error::other("taps are made in a VM node's namespace"),
+                    )),
+                })
+                .await
+            }
+            Step::StartVm(spec) => {
+                let spec = spec.clone();
+                let dir = self.vm_dir.join(&spec.node);
+                blocking(move || {
+                    let (pid, ready) = spec.start(&dir).map_err(|e| {
+                        io_error(format!("start vm {}", spec.node), std::io::Error::other(e))
+                    })?;
+                    tracing::info!(node = %spec.node, pid, ready = ?ready, "VM is up");
+                    Ok(())
+                })
+                .await
+            }
             Step::Exec { ns, node, command } => {
                 let args = vec!["-c".to_owned(), command.clone()];
-                let node = match ns {
-                    Netns::Named(netns) => Some(NetnsNode::new(node, netns)),
+                let is_vm = self
+                    .vms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(node);
+                let node: Option<Box<dyn Node + Send>> = match ns {
+                    Netns::Named(netns) if is_vm => {
+                        Some(Box::new(VmNode::new(node, netns, self.vm_dir.join(node))))
+                    }
+                    Netns::Named(netns) => Some(Box::new(NetnsNode::new(node, netns))),
                     Netns::Root => None,
                 };
                 let command = command.clone();

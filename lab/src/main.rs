@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use lab::apply::{self, LinkChange};
-use lab::node::{NetnsNode, Node as _};
+use lab::node::{NetnsNode, Node, vm::VmNode};
 use lab::run;
 use lab::state::{DEFAULT_STATE_DIR, LabState, StateDir};
 use lab::topology::{self, Impairment, LoadError, Plan, PlanOptions, Prefix, Step};
@@ -71,6 +71,20 @@ enum Command {
     /// Print the ratios of report B against report A, per variant and metric, with 95 %
     /// bootstrap confidence intervals.
     Compare(CompareArgs),
+    /// Kernel images for VM nodes (`vm-images/kernels.toml`).
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImagesCommand {
+    /// Download and unpack the pinned kernels (all, or the named ones) into the cache
+    /// (`~/.cache/disgrafs-lab`, or `DISGRAFS_LAB_CACHE`); cached ones are reused.
+    Fetch {
+        /// Kernel name from vm-images/kernels.toml, e.g. 6.12 (repeatable; default: all).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +229,7 @@ fn main() -> ExitCode {
         Command::Link(command) => link(command, &states),
         Command::Compare(args) => compare(&args),
         Command::Run(args) => run(&args, &states),
+        Command::Images(ImagesCommand::Fetch { kernels }) => images_fetch(&kernels),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -441,8 +456,46 @@ fn exec(args: &ExecArgs, states: &StateDir) -> Result<(), u8> {
                 nodes.join(", ")
             ))
         })?;
-    let error = NetnsNode::new(node, ns).exec(&args.command[0], &args.command[1..]);
+    let is_vm = state
+        .plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::StartVm(spec) if spec.node == node));
+    let target: Box<dyn Node> = if is_vm {
+        let dir = states
+            .vm_dir(&state.plan.prefix, &state.plan.lab)
+            .join(node);
+        Box::new(VmNode::new(node, ns, dir))
+    } else {
+        Box::new(NetnsNode::new(node, ns))
+    };
+    let error = target.exec(&args.command[0], &args.command[1..]);
     Err(fail(format!("cannot run {}: {error}", args.command[0])))
+}
+
+fn images_fetch(names: &[String]) -> Result<(), u8> {
+    let matrix = lab_vm::Matrix::builtin().map_err(fail)?;
+    let cache = lab_vm::Cache::from_env().map_err(fail)?;
+    let pins = if names.is_empty() {
+        matrix.kernels.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|name| matrix.kernel(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?
+    };
+    let mut text = String::new();
+    for pin in pins {
+        let kernel = cache.fetch(pin).map_err(fail)?;
+        text.push_str(&format!(
+            "{}\t{}\t{}\n",
+            kernel.name,
+            kernel.release,
+            kernel.vmlinux.display()
+        ));
+    }
+    write_stdout(&text)
 }
 
 fn link(command: LinkCommand, states: &StateDir) -> Result<(), u8> {

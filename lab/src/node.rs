@@ -1,8 +1,8 @@
 //! Lab nodes: where a node's interfaces live and how commands run inside it.
 //!
-//! One kind exists now, [`NetnsNode`]: a named network namespace. Container and VM kinds
-//! implement the same trait (a container's namespace is its own; a VM's interfaces are taps in
-//! its node's namespace and commands go through its guest agent).
+//! [`NetnsNode`] is a named network namespace; [`vm::VmNode`] a QEMU VM whose interfaces are
+//! taps in its node's namespace and whose commands go through its guest agent. Container
+//! kinds implement the same trait (a container's namespace is its own).
 
 use std::{
     fs::File,
@@ -12,6 +12,8 @@ use std::{
 };
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+pub mod vm;
 
 /// A node of a lab that is up.
 pub trait Node {

@@ -59,6 +59,37 @@ impl StateDir {
         self.root.join(prefix).join(format!("{lab}.json"))
     }
 
+    /// The directory holding the run directories of lab `lab`'s VM nodes (one per node).
+    pub fn vm_dir(&self, prefix: &str, lab: &str) -> PathBuf {
+        self.root.join(prefix).join(format!("{lab}.vm"))
+    }
+
+    /// The VM directories (see [`StateDir::vm_dir`]) of every lab of `prefix`, as
+    /// (lab, directory) pairs.
+    pub fn vm_dirs(&self, prefix: &str) -> io::Result<Vec<(String, PathBuf)>> {
+        let entries = match fs::read_dir(self.root.join(prefix)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut dirs = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            let lab = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".vm"))
+                .map(str::to_owned);
+            if let Some(lab) = lab
+                && path.is_dir()
+            {
+                dirs.push((lab, path));
+            }
+        }
+        dirs.sort();
+        Ok(dirs)
+    }
+
     /// Writes `state` atomically.
     pub fn write(&self, state: &LabState) -> io::Result<()> {
         let path = self.path(&state.plan.prefix, &state.plan.lab);

@@ -159,17 +159,17 @@ fn syntax_error() {
 
 #[test]
 fn every_error_is_reported() {
-    let text = "name = \"T\"\n[nodes.a]\nkind = \"vm\"\ncpus = \"two\"\n[nodes.b]\nkernel = \"6.1\"\n\
-        [[links]]\nendpoints = [\"a:eth0\", \"x:eth0\"]\nmtu = 10\n";
+    let text = "name = \"T\"\n[nodes.a]\nkind = \"vm\"\ncpus = \"two\"\nkernel = \"4.4\"\n\
+        [nodes.b]\nkernel = \"6.1\"\n[[links]]\nendpoints = [\"a:eth0\", \"x:eth0\"]\nmtu = 10\n";
     assert_eq!(
         toml_errors(text),
         [
             "t.toml:1:8 topology::bad_name: bad lab name `T`",
-            "t.toml:3:8 topology::unsupported_kind: nodes of kind `vm` cannot be run yet",
+            "t.toml:3:8 topology::unknown_kernel: kernel `4.4` is not in vm-images/kernels.toml",
             "t.toml:4:8 topology::type: `cpus` must be an integer, not a string",
-            "t.toml:6:1 topology::wrong_kind_field: `kernel` applies only to nodes of kind `vm`",
-            "t.toml:8:25 topology::unknown_node: unknown node `x`",
-            "t.toml:9:7 topology::bad_mtu: MTU 10 is out of range",
+            "t.toml:7:1 topology::wrong_kind_field: `kernel` applies only to nodes of kind `vm`",
+            "t.toml:9:25 topology::unknown_node: unknown node `x`",
+            "t.toml:10:7 topology::bad_mtu: MTU 10 is out of range",
         ]
     );
 }

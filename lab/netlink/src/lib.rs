@@ -8,6 +8,7 @@
 //!   namespaces at once; clones share the socket and any number of requests may be in flight.
 //!   It creates veth pairs straight into their namespaces, bridges, addresses (DAD off), routes
 //!   and netem qdiscs ([`Netem`]).
+//! - [`Netns::create_tap`]: persistent tap devices for VM nodes (the `TUNSETIFF` ioctl).
 //!
 //! Nothing here runs `ip` or `tc`. Everything is async on Tokio: the runtime needs I/O enabled.
 
@@ -17,6 +18,7 @@ mod netem;
 mod netlink;
 mod netns;
 mod route;
+mod tap;
 
 pub use error::Error;
 pub use link::{LinkInfo, LinkRef, Veth};

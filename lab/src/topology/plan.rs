@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Impairment, NodeKind, Pools, Topology};
 use super::units::Cidr;
+use crate::node::vm::{self, VmNic, VmRoute, VmSpec};
 
 /// The start of every kernel name of a lab: 1 to 4 lowercase letters or digits, first a letter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +196,17 @@ pub enum Step {
         /// Gateway.
         via: IpAddr,
     },
+    /// Create a persistent tap device (a VM node's network card).
+    CreateTap {
+        /// Namespace.
+        ns: Netns,
+        /// Device name.
+        dev: String,
+        /// The VM node.
+        node: String,
+    },
+    /// Boot a VM node's QEMU in its namespace and configure the guest.
+    StartVm(Box<VmSpec>),
     /// Run `command` with `sh -c` inside the node.
     Exec {
         /// Namespace.
@@ -222,6 +234,11 @@ pub enum Undo {
         /// Device.
         dev: String,
     },
+    /// Kill a VM node's QEMU and remove its run directory.
+    StopVm {
+        /// The VM node.
+        node: String,
+    },
 }
 
 impl Step {
@@ -244,6 +261,9 @@ impl Step {
             } => Some(Undo::DeleteLink {
                 ns: Netns::Root,
                 dev: dev.clone(),
+            }),
+            Step::StartVm(spec) => Some(Undo::StopVm {
+                node: spec.node.clone(),
             }),
             _ => None,
         }
@@ -275,6 +295,11 @@ impl Plan {
             Some(NodeKind::Host) => Netns::Root,
             _ => Netns::Named(format!("{prefix}-{lab}.{node}")),
         };
+        let is_vm = |node: &str| {
+            topology
+                .node(node)
+                .is_some_and(|n| matches!(n.kind.value, NodeKind::Vm { .. }))
+        };
         let mut steps = Vec::new();
         let sysctl = |ns: &Netns, key: &str, value: &str| Step::Sysctl {
             ns: ns.clone(),
@@ -300,7 +325,7 @@ impl Plan {
             // IPv6 addresses survive `lab link down`/`up`, as IPv4 ones do.
             steps.push(sysctl(&ns, "net.ipv6.conf.all.keep_addr_on_down", "1"));
             steps.push(sysctl(&ns, "net.ipv6.conf.default.keep_addr_on_down", "1"));
-            if node.forwarding {
+            if node.forwarding && !is_vm(&node.name.value) {
                 steps.push(sysctl(&ns, "net.ipv4.ip_forward", "1"));
                 steps.push(sysctl(&ns, "net.ipv6.conf.all.forwarding", "1"));
             }
@@ -319,6 +344,40 @@ impl Plan {
             });
         }
 
+        // Each interface of a VM node: its veth end, a bridge and a tap in the node's namespace.
+        let vm_ends: Vec<(Netns, String, String, usize)> = {
+            let mut count: std::collections::HashMap<&str, usize> = Default::default();
+            topology
+                .links
+                .iter()
+                .flat_map(|link| &link.endpoints)
+                .filter(|e| is_vm(&e.node.value))
+                .map(|e| {
+                    let k = count.entry(e.node.value.as_str()).or_default();
+                    *k += 1;
+                    (
+                        ns_of(&e.node.value),
+                        e.node.value.clone(),
+                        e.iface.value.clone(),
+                        *k - 1,
+                    )
+                })
+                .collect()
+        };
+        for (ns, node, _, k) in &vm_ends {
+            steps.push(Step::CreateBridge {
+                ns: ns.clone(),
+                dev: vm::bridge_name(*k),
+                node: node.clone(),
+            });
+        }
+        for (ns, node, _, k) in &vm_ends {
+            steps.push(Step::CreateTap {
+                ns: ns.clone(),
+                dev: vm::tap_name(*k),
+                node: node.clone(),
+            });
+        }
         let mut host_ifaces = 0usize;
         let ends: Vec<[VethEnd; 2]> = topology
             .links
@@ -357,6 +416,15 @@ impl Plan {
                 });
             }
         }
+        for (ns, _, iface, k) in &vm_ends {
+            for dev in [iface.clone(), vm::tap_name(*k)] {
+                steps.push(Step::Enslave {
+                    ns: ns.clone(),
+                    dev,
+                    bridge: vm::bridge_name(*k),
+                });
+            }
+        }
         // Links go up before they get addresses: an IPv6 address added to a link that is down
         // misses its first neighbour solicitation, so the first packet waits ~1 s for a retry.
         for bridge in &bridges {
@@ -364,6 +432,14 @@ impl Plan {
                 ns: ns_of(bridge),
                 dev: (*bridge).to_owned(),
             });
+        }
+        for (ns, _, _, k) in &vm_ends {
+            for dev in [vm::bridge_name(*k), vm::tap_name(*k)] {
+                steps.push(Step::SetUp {
+                    ns: ns.clone(),
+                    dev,
+                });
+            }
         }
         for end in ends.iter().flatten() {
             steps.push(Step::SetUp {
@@ -373,6 +449,9 @@ impl Plan {
         }
         for (link, pair) in topology.links.iter().zip(&ends) {
             for (end, addresses) in pair.iter().zip(&link.addresses) {
+                if is_vm(&end.node) {
+                    continue;
+                }
                 for address in addresses {
                     steps.push(Step::AddAddress {
                         ns: end.ns.clone(),
@@ -394,7 +473,7 @@ impl Plan {
                 }
             }
         }
-        for node in &topology.nodes {
+        for node in topology.nodes.iter().filter(|n| !is_vm(&n.name.value)) {
             for route in &node.routes {
                 steps.push(Step::AddRoute {
                     ns: ns_of(&node.name.value),
@@ -402,6 +481,53 @@ impl Plan {
                     via: route.via.value,
                 });
             }
+        }
+        for node in &topology.nodes {
+            let NodeKind::Vm {
+                kernel,
+                cpus,
+                memory,
+            } = &node.kind.value
+            else {
+                continue;
+            };
+            let name = &node.name.value;
+            let Netns::Named(ns) = ns_of(name) else {
+                continue;
+            };
+            let mut nics = Vec::new();
+            for (link, pair) in topology.links.iter().zip(&ends) {
+                for (end, addresses) in pair.iter().zip(&link.addresses) {
+                    if end.node == *name {
+                        nics.push(VmNic {
+                            tap: vm::tap_name(nics.len()),
+                            iface: end.iface.clone(),
+                            mac: vm::mac_address(lab, name, &end.iface),
+                            addresses: addresses.clone(),
+                            mtu: link.mtu.as_ref().map(|m| m.value),
+                        });
+                    }
+                }
+            }
+            steps.push(Step::StartVm(Box::new(VmSpec {
+                ns,
+                node: name.clone(),
+                kernel: kernel
+                    .clone()
+                    .unwrap_or_else(|| vm::DEFAULT_KERNEL.to_owned()),
+                cpus: cpus.unwrap_or(vm::DEFAULT_CPUS),
+                memory_mib: memory.unwrap_or(vm::DEFAULT_MEMORY_MIB),
+                nics,
+                routes: node
+                    .routes
+                    .iter()
+                    .map(|r| VmRoute {
+                        to: r.to.value,
+                        via: r.via.value,
+                    })
+                    .collect(),
+                forwarding: node.forwarding,
+            })));
         }
         for node in &topology.nodes {
             for command in &node.exec {
@@ -483,6 +609,24 @@ impl fmt::Display for Step {
             Step::AddNetem { ns, dev, netem } => write!(f, "netem   {ns}  {dev} {netem}"),
             Step::SetUp { ns, dev } => write!(f, "up      {ns}  {dev}"),
             Step::AddRoute { ns, to, via } => write!(f, "route   {ns}  {to} via {via}"),
+            Step::CreateTap { ns, dev, .. } => write!(f, "tap     {ns}  {dev}"),
+            Step::StartVm(spec) => {
+                write!(
+                    f,
+                    "vm      {}  {} kernel {} cpus {} memory {}MiB",
+                    spec.ns, spec.node, spec.kernel, spec.cpus, spec.memory_mib
+                )?;
+                for nic in &spec.nics {
+                    write!(f, " {}={}", nic.iface, nic.tap)?;
+                    for address in &nic.addresses {
+                        write!(f, " {address}")?;
+                    }
+                }
+                for route in &spec.routes {
+                    write!(f, ", route {} via {}", route.to, route.via)?;
+                }
+                Ok(())
+            }
             Step::Exec { ns, command, .. } => write!(f, "exec    {ns}  {command}"),
         }
     }
@@ -493,6 +637,7 @@ impl fmt::Display for Undo {
         match self {
             Undo::DeleteNamespace { ns } => write!(f, "delete netns {ns}"),
             Undo::DeleteLink { ns, dev } => write!(f, "delete link  {ns}  {dev}"),
+            Undo::StopVm { node } => write!(f, "stop vm      {node}"),
         }
     }
 }

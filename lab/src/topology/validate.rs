@@ -67,7 +67,12 @@ fn check_nodes(topo: &Topology, sink: &mut Sink) {
     for node in &topo.nodes {
         let kind = &node.kind;
         match &kind.value {
-            NodeKind::Vm { .. } | NodeKind::Container { .. } => {
+            NodeKind::Vm {
+                kernel,
+                cpus,
+                memory,
+            } => crate::node::vm::check(kernel.as_deref(), *cpus, *memory, kind.span, sink),
+            NodeKind::Container { .. } => {
                 sink.error(
                     "topology::unsupported_kind",
                     kind.span,

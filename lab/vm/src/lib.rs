@@ -28,7 +28,7 @@ pub use fetch::{Cache, Kernel};
 pub use initramfs::InitramfsSpec;
 pub use matrix::{KernelPin, Matrix, PackagePin};
 pub use smoke::SmokeTests;
-pub use vm::{Accel, CommandOutput, Vm, VmConfig};
+pub use vm::{Accel, Agent, CommandOutput, Nic, Vm, VmConfig};
 
 /// Everything that can go wrong in this crate; every variant names what and where.
 #[derive(Debug, thiserror::Error)]

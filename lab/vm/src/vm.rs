@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::AsFd as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,12 @@ use std::time::{Duration, Instant};
 use lab_vm_agent::{Frame, PORT_NAME};
 
 use crate::{Error, Result, io_err};
+
+/// The agent's socket in a VM's run directory.
+pub const AGENT_SOCKET: &str = "agent.sock";
+
+/// The file in a VM's run directory holding QEMU's pid.
+pub const PID_FILE: &str = "qemu.pid";
 
 /// Console substrings that mean the kernel (or our init) hit a problem.
 pub const SPLAT_PATTERNS: &[&str] = &[
@@ -64,6 +71,25 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// Network cards, each a virtio-net device on an existing tap device.
+    pub nics: Vec<Nic>,
+    /// Network namespace file QEMU is started in (its taps must be there), e.g.
+    /// `/run/netns/NAME`; `None`: this process's namespace.
+    pub netns: Option<PathBuf>,
+    /// A directory that makes the VM long-lived: the agent socket, console log, QEMU log and
+    /// pid file (`qemu.pid`) go there, and QEMU runs in a session of its own, not tied to this
+    /// process or thread (see [`Vm::detach`] and [`Agent`]). `None`: everything lives in a
+    /// temporary directory and QEMU dies with the `Vm`.
+    pub run_dir: Option<PathBuf>,
+}
+
+/// A VM network card: a virtio-net device backed by a host tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The tap device's name (in the namespace QEMU runs in).
+    pub tap: String,
+    /// The card's MAC address, `52:54:00:..`.
+    pub mac: String,
 }
 
 impl VmConfig {
@@ -78,6 +104,9 @@ impl VmConfig {
             console_log: None,
             boot_timeout: Duration::from_secs(120),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            nics: Vec::new(),
+            netns: None,
+            run_dir: None,
         }
     }
 }
@@ -102,8 +131,10 @@ pub struct Vm {
     accel: Accel,
     ready_after: Duration,
     agent_version: String,
-    // Holds the agent socket and (by default) the console log; removed on drop.
-    _dir: tempfile::TempDir,
+    detached: bool,
+    // Holds the agent socket and (by default) the console log; removed on drop. `None` for a
+    // VM with a run directory.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Whether KVM is worth probing: `/dev/kvm` writable and vmx/svm in `/proc/cpuinfo`.
@@ -143,33 +174,68 @@ impl Vm {
     /// # Errors
     /// As [`Vm::boot`].
     pub fn boot_with(config: &VmConfig, accel: Accel) -> Result<Vm> {
-        let dir = tempfile::Builder::new()
-            .prefix("lab-vm-")
-            .tempdir()
-            .map_err(io_err("creating a temporary directory for the VM"))?;
-        let socket = dir.path().join("agent.sock");
+        let (tmp, dir) = match &config.run_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+                (None, dir.clone())
+            }
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("lab-vm-")
+                    .tempdir()
+                    .map_err(io_err("creating a temporary directory for the VM"))?;
+                let dir = tmp.path().to_owned();
+                (Some(tmp), dir)
+            }
+        };
+        let socket = dir.join(AGENT_SOCKET);
         let console = config
             .console_log
             .clone()
-            .unwrap_or_else(|| dir.path().join("console.log"));
-        let qemu_log = dir.path().join("qemu.log");
+            .unwrap_or_else(|| dir.join("console.log"));
+        let qemu_log = dir.join("qemu.log");
         let mut cmd = qemu_command(config, accel, &socket, &console);
         let log = fs::File::create(&qemu_log)
             .map_err(io_err(format!("creating {}", qemu_log.display())))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        // SAFETY: the closure only makes the prctl system call, which is async-signal-safe.
+        let netns = match &config.netns {
+            Some(path) => Some(
+                fs::File::open(path)
+                    .map_err(io_err(format!("opening netns {}", path.display())))?,
+            ),
+            None => None,
+        };
+        let long_lived = config.run_dir.is_some();
+        // SAFETY: the closure only makes the setns, setsid and prctl system calls
+        // (async-signal-safe), on a descriptor opened before the fork.
         unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))
-                .map_err(io::Error::from)
+            cmd.pre_exec(move || {
+                if let Some(ns) = &netns {
+                    rustix::thread::move_into_link_name_space(
+                        ns.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )?;
+                }
+                if long_lived {
+                    rustix::process::setsid()?;
+                    Ok(())
+                } else {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))
+                    .map_err(io::Error::from)
+                }
             });
         }
         let start = Instant::now();
         let child = cmd
             .spawn()
             .map_err(io_err(format!("starting {}", config.qemu.display())))?;
+        if long_lived {
+            let pid_file = dir.join(PID_FILE);
+            fs::write(&pid_file, format!("{}\n", child.id()))
+                .map_err(io_err(format!("writing {}", pid_file.display())))?;
+        }
         let mut booting = Booting {
             child: Some(child),
             console: &console,
@@ -194,8 +260,24 @@ impl Vm {
             accel,
             ready_after,
             agent_version,
-            _dir: dir,
+            detached: false,
+            _dir: tmp,
         })
+    }
+
+    /// Leaves a VM booted with a run directory running after this `Vm` is gone; returns
+    /// QEMU's pid. Reach its agent again with [`Agent::connect`]; stop it with [`stop`].
+    ///
+    /// # Errors
+    /// The VM has no run directory (it would die with this process).
+    pub fn detach(mut self) -> Result<u32> {
+        if self._dir.is_some() {
+            return Err(Error::Kernel(
+                "only a VM booted with a run directory can be detached".into(),
+            ));
+        }
+        self.detached = true;
+        Ok(self.child.id())
     }
 
     /// The acceleration in use.
@@ -283,8 +365,161 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        self.kill();
+        if !self.detached {
+            self.kill();
+        }
     }
+}
+
+/// A connection to the agent of a long-lived VM (one booted with a run directory), held
+/// exclusively: QEMU serves one client at a time, so other connections wait for this one.
+#[derive(Debug)]
+pub struct Agent {
+    stream: UnixStream,
+    pid: Option<u32>,
+    dir: PathBuf,
+    _lock: fs::File,
+}
+
+impl Agent {
+    /// Connects to the agent of the VM whose run directory is `dir`, waiting for other
+    /// clients to finish first.
+    ///
+    /// # Errors
+    /// No VM runs there (no socket, or QEMU gone).
+    pub fn connect(dir: &Path) -> Result<Agent> {
+        let lock_path = dir.join("agent.lock");
+        let lock = fs::File::create(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(format!("locking {}", lock_path.display()))(e.into()))?;
+        let socket = dir.join(AGENT_SOCKET);
+        let stream = UnixStream::connect(&socket).map_err(io_err(format!(
+            "connecting to the VM agent at {}",
+            socket.display()
+        )))?;
+        let pid = fs::read_to_string(dir.join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        Ok(Agent {
+            stream,
+            pid,
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Runs `argv` in the guest, as [`Vm::run`] does.
+    ///
+    /// # Errors
+    /// As [`Vm::run`]; also when QEMU exits meanwhile.
+    pub fn run<S: AsRef<str>>(&mut self, argv: &[S], timeout: Duration) -> Result<CommandOutput> {
+        let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
+        let what = format!("running {argv:?} in the guest");
+        Frame::Run(argv).write_to(&mut &self.stream)?;
+        let deadline = Instant::now() + timeout;
+        let fail = |message: String| Error::Boot {
+            message,
+            console: self.dir.join("console.log"),
+            tail: console_tail(&self.dir.join("console.log"), 25),
+        };
+        loop {
+            if let Some(pid) = self.pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                return Err(fail(format!("QEMU (pid {pid}) exited while {what}")));
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!("timed out {what}")));
+            }
+            let timeout = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(POLL_INTERVAL.subsec_nanos()),
+            };
+            let mut fds = [rustix::event::PollFd::new(
+                &self.stream,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(n) if n > 0 => break,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(io_err(format!("polling the agent socket while {what}"))(
+                        e.into(),
+                    ));
+                }
+            }
+        }
+        read_answer(&self.stream).map_err(|e| fail(format!("{what}: {e}")))
+    }
+}
+
+/// Reads the `O`, `E`, `X` frames answering a run request.
+fn read_answer(stream: &UnixStream) -> std::result::Result<CommandOutput, String> {
+    let next = || Frame::read_from(&mut &*stream).map_err(|e| e.to_string());
+    match (next()?, next()?, next()?) {
+        (
+            Some(Frame::Stdout(stdout)),
+            Some(Frame::Stderr(stderr)),
+            Some(Frame::Exit(exit_code)),
+        ) => Ok(CommandOutput {
+            exit_code,
+            stdout,
+            stderr,
+        }),
+        other => Err(format!("unexpected agent messages {other:?}")),
+    }
+}
+
+/// Stops the long-lived VM whose run directory is `dir`: kills QEMU if the pid file names a
+/// live QEMU process of this directory, waits for it to exit (up to 2 s), and removes `dir`.
+/// A directory that is already gone is fine.
+///
+/// # Errors
+/// QEMU does not exit, or the directory cannot be removed.
+pub fn stop(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if let Some(pid) = fs::read_to_string(dir.join(PID_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        let ours = |pid: i32| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                String::from_utf8_lossy(&cmdline)
+                    .contains(&*dir.join(AGENT_SOCKET).to_string_lossy())
+            })
+        };
+        if ours(pid) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _gone = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while ours(pid) && !is_zombie(pid) {
+                if Instant::now() > deadline {
+                    return Err(Error::Kernel(format!(
+                        "QEMU (pid {pid}) of {} did not exit after SIGKILL",
+                        dir.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io_err(format!("removing {}", dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
 
 /// A QEMU process that is not (or no longer) known to be healthy; used to wait and to build
@@ -438,6 +673,15 @@ fn qemu_command(config: &VmConfig, accel: Accel, socket: &Path, console: &Path) 
         "-device",
         &format!("virtserialport,bus=vser.0,chardev=agent,name={PORT_NAME}"),
     ]);
+    for (i, nic) in config.nics.iter().enumerate() {
+        cmd.arg("-netdev")
+            .arg(format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no",
+                nic.tap
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=net{i},mac={}", nic.mac));
+    }
     if let Some(share) = &config.share {
         cmd.arg("-virtfs").arg(format!(
             "local,path={},mount_tag=host,security_model=none,id=host",

@@ -1,0 +1,313 @@
+//! VM nodes (root, QEMU): `scenarios/topologies/vm-server.toml` — a netns client and a VM
+//! server (kernel 6.12) on one link — brought up with `lab up`, reached both ways with ping
+//! and TCP, and taken down without leaving QEMU, taps, namespaces or run directories, also
+//! after `lab up` was killed with SIGKILL. The first run downloads the kernel into the user's
+//! cache; when it cannot be fetched the tests say so and pass without running.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use sha2::{Digest as _, Sha256};
+
+const TOPOLOGY: &str = "vm-server";
+const KERNEL: &str = "6.12";
+
+/// The shipped VM topology under a unique lab name and state directory; `Drop` runs
+/// `lab down`.
+struct VmLab {
+    name: String,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl VmLab {
+    fn new() -> anyhow::Result<Self> {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scenarios/topologies")
+            .join(format!("{TOPOLOGY}.toml"));
+        let text = std::fs::read_to_string(&shipped)?;
+        let name = testkit::unique_name();
+        let renamed = text.replacen(
+            &format!("name = \"{TOPOLOGY}\""),
+            &format!("name = \"{name}\""),
+            1,
+        );
+        ensure!(renamed != text, "{} has no name line", shipped.display());
+        let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(format!("{TOPOLOGY}.toml"));
+        std::fs::write(&file, renamed)?;
+        Ok(Self { name, dir, file })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
+        command
+            .args([
+                "--state-dir",
+                self.state_dir().to_str().context("utf-8 path")?,
+            ])
+            .args(args);
+        Ok(command)
+    }
+
+    fn lab(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.command(args)?.output()?)
+    }
+
+    fn lab_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.lab(args)?;
+        ensure!(
+            out.status.success(),
+            "lab {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    fn up_args(&self) -> anyhow::Result<Vec<String>> {
+        Ok(vec![
+            "up".to_owned(),
+            self.file.to_str().context("utf-8 path")?.to_owned(),
+        ])
+    }
+
+    fn exec(&self, node: &str, command: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["exec", node, "--"];
+        args.extend_from_slice(command);
+        self.lab_ok(&args)
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("dgl-{}.{node}", self.name)
+    }
+
+    /// What of this lab is still there: namespaces, QEMU processes, VM run directories.
+    fn leftovers(&self) -> anyhow::Result<Vec<String>> {
+        let start = format!("dgl-{}.", self.name);
+        let mut left: Vec<String> = lab_netlink::Netns::list()?
+            .into_iter()
+            .filter(|n| n.starts_with(&start))
+            .collect();
+        left.extend(qemu_processes(&self.state_dir()));
+        let vm_dir = self
+            .state_dir()
+            .join("dgl")
+            .join(format!("{}.vm", self.name));
+        if vm_dir.exists() {
+            left.push(vm_dir.display().to_string());
+        }
+        Ok(left)
+    }
+}
+
+impl Drop for VmLab {
+    fn drop(&mut self) {
+        if let Err(e) = self.lab_ok(&["down", &self.name]) {
+            eprintln!("cleanup of lab {}: {e}", self.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Processes whose command line mentions `dir` (QEMU names its agent socket there).
+fn qemu_processes(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("qemu") && cmdline.contains(&needle))
+                .then(|| format!("QEMU pid {pid}"))
+        })
+        .collect()
+}
+
+/// Whether the test's kernel is (or can be put) in the cache; prints why not.
+fn kernel_available() -> bool {
+    let fetched = lab_vm::Matrix::builtin()
+        .and_then(|matrix| lab_vm::Cache::from_env()?.fetch(matrix.kernel(KERNEL)?));
+    match fetched {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED: kernel {KERNEL} cannot be fetched: {e}");
+            false
+        }
+    }
+}
+
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    Ok(lab_netlink::Netns::open(ns)?.run(f)?)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn a_vm_node_is_reached_over_a_lab_link_and_leaves_nothing() -> anyhow::Result<()> {
+    if !kernel_available() {
+        return Ok(());
+    }
+    let lab = VmLab::new()?;
+    let started = Instant::now();
+    let up: Vec<String> = lab.up_args()?;
+    lab.lab_ok(&up.iter().map(String::as_str).collect::<Vec<_>>())?;
+    eprintln!("lab up with a VM node: {:?}", started.elapsed());
+    let client = lab.ns("client");
+
+    // The guest runs the chosen kernel and has the plan's addresses on the file's name.
+    let release = lab.exec("server", &["uname", "-r"])?;
+    ensure!(release.contains("6.12"), "guest kernel {release}");
+    let addrs = lab.exec("server", &["ip", "addr", "show", "dev", "eth0"])?;
+    ensure!(
+        addrs.contains("10.79.0.2/24") && addrs.contains("fd79::2/64"),
+        "{addrs}"
+    );
+
+    // Ping both ways, v4 and v6.
+    for to in ["10.79.0.2", "fd79::2"] {
+        let out = in_ns(&client, || {
+            Command::new("ping").args(["-c2", "-W5", to]).output()
+        })??;
+        ensure!(
+            out.status.success(),
+            "ping {to} from the client: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    lab.exec("server", &["ping", "-c", "2", "-W", "5", "10.79.0.1"])?;
+    lab.exec("server", &["ping", "-c", "2", "-W", "5", "fd79::1"])?;
+
+    // TCP client → VM: busybox nc listens in the guest, the digest of what arrived must match.
+    let payload: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    lab.exec(
+        "server",
+        &[
+            "sh",
+            "-c",
+            "nc -l -p 5001 > /tmp/in 2>/dev/null < /dev/null &",
+        ],
+    )?;
+    let server: SocketAddr = "10.79.0.2:5001".parse()?;
+    let sent = payload.clone();
+    in_ns(&client, move || -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&server, Duration::from_secs(5)) {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() > deadline => bail!("connect to {server}: {e}"),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        stream.write_all(&sent)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest)?;
+        Ok(())
+    })??;
+    let want = sha256_hex(&payload);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = lab.exec("server", &["sha256sum", "/tmp/in"])?;
+        if got.starts_with(&want) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "guest received {got}, want {want}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // TCP VM → client: the guest sends 1 MiB of random bytes, keeping a copy to compare.
+    let listener = in_ns(&client, || TcpListener::bind("10.79.0.1:5002"))??;
+    let receiver = thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut stream, _) = listener.accept()?;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    lab.exec(
+        "server",
+        &[
+            "sh",
+            "-c",
+            "head -c 1048576 /dev/urandom > /tmp/out && nc 10.79.0.1 5002 < /tmp/out",
+        ],
+    )?;
+    let got = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    ensure!(got.len() == 1 << 20, "received {} bytes", got.len());
+    let sent = lab.exec("server", &["sha256sum", "/tmp/out"])?;
+    ensure!(sent.starts_with(&sha256_hex(&got)), "guest sent {sent}");
+
+    let running = lab.leftovers()?;
+    ensure!(
+        running.iter().filter(|l| l.starts_with("QEMU")).count() == 1 && running.len() == 4,
+        "two namespaces, one QEMU and its run directory while up: {running:?}"
+    );
+    lab.lab_ok(&["down", &lab.name])?;
+    let left = lab.leftovers()?;
+    ensure!(left.is_empty(), "left after lab down: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn lab_down_after_kill_9_of_lab_up_stops_the_vm() -> anyhow::Result<()> {
+    if !kernel_available() {
+        return Ok(());
+    }
+    let lab = VmLab::new()?;
+    let up: Vec<String> = lab.up_args()?;
+    let mut child = lab
+        .command(&up.iter().map(String::as_str).collect::<Vec<_>>())?
+        .spawn()?;
+    // Kill `lab up` once QEMU is running (its pid file exists), before the guest is configured.
+    let pid_file = lab
+        .state_dir()
+        .join("dgl")
+        .join(format!("{}.vm", lab.name))
+        .join("server/qemu.pid");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pid_file.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!("lab up exited ({status}) before QEMU started");
+        }
+        ensure!(Instant::now() < deadline, "QEMU never started");
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    ensure!(
+        !qemu_processes(&lab.state_dir()).is_empty(),
+        "QEMU outlives a killed `lab up` until `lab down`"
+    );
+    lab.lab_ok(&["down", &lab.name])?;
+    let left = lab.leftovers()?;
+    ensure!(left.is_empty(), "left after lab down: {left:?}");
+    Ok(())
+}
