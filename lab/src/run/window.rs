@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use accel::monitor::{Monitor, Stats};
 use hdrhistogram::Histogram;
 
+use super::balance::{self, Balancer};
 use crate::apply::{self, LinkChange};
 use crate::measure::{
     CpuTimes, LatencySummary, TcpCounters, busy_shares, cpu_seconds, cpu_seconds_per_gb, jain,
     per_second,
 };
+use crate::rps::Rps;
 use crate::scenario::{
     AcceleratorKind, EventAction, MonitorMode, Scenario, Variant, Workload, WorkloadKind,
 };
@@ -61,10 +63,37 @@ enum Outcome {
 }
 
 /// An accelerator attached for one window; dropping it detaches.
-struct Attached {
-    /// `monitor.NODE-IFACE`, the start of its metric names.
-    label: String,
-    monitor: Monitor,
+enum Attached {
+    Monitor {
+        /// `monitor.NODE-IFACE`, the start of its metric names.
+        label: String,
+        monitor: Monitor,
+    },
+    CpuBalance(Balancer),
+    Rps {
+        /// Restores the previous masks when dropped.
+        _restore: Rps,
+    },
+}
+
+/// An accelerator's counters at the start of a window.
+enum Before {
+    Monitor(Stats),
+    CpuBalance(accel::cpu_balance::Stats),
+    Nothing,
+}
+
+impl Attached {
+    /// Its counters now.
+    fn before(&self) -> Result<Before, String> {
+        Ok(match self {
+            Attached::Monitor { label, monitor } => {
+                Before::Monitor(monitor.stats().map_err(|e| format!("{label}: {e}"))?)
+            }
+            Attached::CpuBalance(b) => Before::CpuBalance(b.stats()?),
+            Attached::Rps { .. } => Before::Nothing,
+        })
+    }
 }
 
 impl<'a> Lab<'a> {
@@ -140,9 +169,9 @@ impl<'a> Lab<'a> {
         let attached = self.attach(variant)?;
         let tcp_before = self.tcp_counters()?;
         let cpu_before = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
-        let monitor_before: Vec<Stats> = attached
+        let counters_before: Vec<Before> = attached
             .iter()
-            .map(|a| a.monitor.stats().map_err(|e| format!("{}: {e}", a.label)))
+            .map(Attached::before)
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
         let outcomes = thread::scope(|scope| {
@@ -191,12 +220,18 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
         }
-        for (attached, before) in attached.iter().zip(&monitor_before) {
-            let after = attached
-                .monitor
-                .stats()
-                .map_err(|e| format!("{}: {e}", attached.label))?;
-            self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+        for (attached, before) in attached.iter().zip(&counters_before) {
+            match (attached, before) {
+                (Attached::Monitor { label, monitor }, Before::Monitor(before)) => {
+                    let after = monitor.stats().map_err(|e| format!("{label}: {e}"))?;
+                    self.monitor_metrics(label, before, &after, elapsed, &mut metrics);
+                }
+                (Attached::CpuBalance(balancer), Before::CpuBalance(before)) => {
+                    let after = balancer.stats()?;
+                    balancer.metrics(before, &after, self.cpus, elapsed, &mut metrics);
+                }
+                _ => {}
+            }
         }
         drop(attached);
         let summary = summary(&outcomes, &self.labels);
@@ -317,14 +352,47 @@ impl<'a> Lab<'a> {
                             variant.name.value, iface.value
                         )
                     })?;
-                    attached.push(Attached {
+                    attached.push(Attached::Monitor {
                         label: format!("monitor.{node}-{}", iface.value),
                         monitor,
                     });
                 }
+                AcceleratorKind::CpuBalance { iface, weights } => {
+                    let [end, peer] = self.link_of(variant, node, &iface.value)?;
+                    let balancer = Balancer::attach(end, peer, weights)
+                        .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                    attached.push(Attached::CpuBalance(balancer));
+                }
+                AcceleratorKind::Rps { iface, cpus } => {
+                    let [end, _] = self.link_of(variant, node, &iface.value)?;
+                    let rps = balance::rps(end, cpus)
+                        .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                    attached.push(Attached::Rps { _restore: rps });
+                }
             }
         }
         Ok(attached)
+    }
+
+    /// The veth end `node:iface` and the other end of its link.
+    fn link_of(&self, variant: &Variant, node: &str, iface: &str) -> Result<[&VethEnd; 2], String> {
+        self.ends
+            .iter()
+            .find_map(|[a, b]| {
+                if a.node == node && a.iface == iface {
+                    Some([*a, *b])
+                } else if b.node == node && b.iface == iface {
+                    Some([*b, *a])
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                format!(
+                    "variant `{}`: node {node} has no interface {iface}",
+                    variant.name.value
+                )
+            })
     }
 
     /// The monitor's counts over the window: per CPU (the CPUs `/proc/stat` lists), rates and

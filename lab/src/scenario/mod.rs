@@ -24,6 +24,9 @@
 //! name = "netem-1ms"
 //! impair = { "client:eth0" = { delay = "1ms" } }
 //! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", mode = "auto" }]
+//! # Also: { kind = "cpu_balance", node, iface, cpus = [0, 1] }    XDP cpumap balancer
+//! #       (or `weights = { "0" = 1, "1" = 3 }`; neither: every online CPU, weight 1)
+//! #       { kind = "rps", node, iface, cpus = [0, 1] }           the kernel's RPS (rps_cpus)
 //! [[workloads]]
 //! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
 //! from = "client"                      # the node that runs the client
@@ -145,6 +148,22 @@ pub enum AcceleratorKind {
         /// How the XDP program is attached.
         mode: MonitorMode,
     },
+    /// The XDP CPU balancer on an interface (`accel::cpu_balance`); the transmit checksum
+    /// offload of the link's other end is turned off while it is attached.
+    CpuBalance {
+        /// The receiving interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// `(cpu, weight)` pairs; empty: every online CPU, weight 1.
+        weights: Vec<(u32, u32)>,
+    },
+    /// The kernel's Receive Packet Steering: the `rps_cpus` mask of every receive queue of an
+    /// interface, restored when the variant ends.
+    Rps {
+        /// The receiving interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// The CPUs packets are steered to (not empty).
+        cpus: Vec<usize>,
+    },
 }
 
 /// XDP attach mode of the monitor.
@@ -160,7 +179,7 @@ pub enum MonitorMode {
 }
 
 /// Names of the accelerator kinds, for help texts.
-pub const ACCELERATOR_KINDS: &[&str] = &["monitor"];
+pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "cpu_balance", "rps"];
 
 /// A load generator between two nodes.
 #[derive(Clone, Debug)]
