@@ -5,6 +5,7 @@ pub mod measure;
 pub mod node;
 pub mod report;
 mod rng;
+pub mod rps;
 pub mod run;
 pub mod scenario;
 pub mod state;

@@ -318,3 +318,55 @@ fn a_link_flap_stalls_the_round_trip_in_flight() -> anyhow::Result<()> {
     ensure!(run.namespaces_left()?.is_empty());
     Ok(())
 }
+
+#[test]
+fn rps_and_cpu_balance_variants_spread_a_hot_cpu() -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    let run = TestRun::new(
+        "seed = 4\nrepetitions = 1\nwarmup = \"0s\"\nwindow = \"1s\"\n",
+        "[[variants]]\nname = \"rps\"\n\
+         accelerators = [{ kind = \"rps\", node = \"b\", iface = \"eth0\", cpus = [0, 1] }]\n\
+         [[variants]]\nname = \"balanced\"\n\
+         accelerators = [{ kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", cpus = [0, 1] }]\n\
+         [[workloads]]\nkind = \"tcp_stream\"\nfrom = \"a\"\nto = \"b:7001\"\nconnections = 16\n\
+         message = 65536\nfrom_cpus = [0]\nto_cpus = [0]\n",
+    )?;
+    if cpus < 2 {
+        let out = run.run()?;
+        ensure!(out.status.code() == Some(4), "{}", out.status);
+        return Ok(());
+    }
+    let report = run.run_ok()?;
+    for variant in &report.variants {
+        let bytes = variant.values("tcp_stream.bytes_per_s");
+        ensure!(
+            bytes.iter().all(|b| *b > 0.0),
+            "{}: {bytes:?}",
+            variant.name
+        );
+    }
+    // The balancer redirected the 16 flows to both CPUs, every redirect found its CPU, and
+    // TCP survived the cpumap (checksum offload was turned off on a:eth0).
+    let balanced = &report.variants[1];
+    let landed: Vec<f64> = (0..2)
+        .map(|cpu| {
+            balanced
+                .values(&format!("cpu_balance.b-eth0.cpu{cpu}_landed"))
+                .first()
+                .copied()
+                .unwrap_or(0.0)
+        })
+        .collect();
+    ensure!(
+        landed.iter().all(|n| *n > 0.0),
+        "landed per CPU: {landed:?}"
+    );
+    ensure!(balanced.values("cpu_balance.b-eth0.redirect_failed") == [0.0]);
+    ensure!(
+        report.variants[0]
+            .values("cpu_balance.b-eth0.cpu0_landed")
+            .is_empty()
+    );
+    ensure!(run.namespaces_left()?.is_empty());
+    Ok(())
+}

@@ -317,7 +317,7 @@ fn unknown_kinds_name_the_known_ones() {
     assert_eq!(
         helps,
         [
-            "known kinds: monitor, sock_redirect",
+            "known kinds: monitor, sock_redirect, cpu_balance, rps",
             "known kinds: tcp_rr, tcp_stream, udp_echo, http"
         ]
     );
@@ -428,6 +428,85 @@ fn missing_topology_file() {
         errors(&with("").replace(TOPOLOGY, "\ntopology = \"nowhere.toml\"\n")),
         [
             "s.toml:2:12 scenario::topology_unreadable: cannot read topology ./nowhere.toml: No such file or directory (os error 2)"
+        ]
+    );
+}
+
+#[test]
+fn shipped_cpu_balance_scenario() {
+    let s = shipped("cpu-balance.toml");
+    let names: Vec<&str> = s.variants.iter().map(|v| v.name.value.as_str()).collect();
+    assert_eq!(names, ["off", "rps", "cpu_balance"]);
+    // Every variant counts per CPU at the server the same way.
+    for variant in &s.variants {
+        assert!(matches!(
+            &variant.accelerators[0].kind,
+            AcceleratorKind::Monitor { iface, .. } if iface.value == "eth0"
+        ));
+    }
+    assert!(matches!(
+        &s.variants[1].accelerators[1].kind,
+        AcceleratorKind::Rps { iface, cpus } if iface.value == "eth0" && cpus == &[0, 1]
+    ));
+    assert!(matches!(
+        &s.variants[2].accelerators[1].kind,
+        AcceleratorKind::CpuBalance { iface, weights }
+            if iface.value == "eth0" && weights == &[(0, 1), (1, 1)]
+    ));
+    assert_eq!(s.variants[2].accelerators[1].node.value, "router");
+    assert!(matches!(
+        s.workloads[0].kind,
+        WorkloadKind::TcpStream { connections, .. } if connections >= 64
+    ));
+    assert_eq!(s.workloads[0].from_cpus, [0]);
+}
+
+#[test]
+fn cpu_balance_weights_and_rps_cpus_are_read() {
+    let text = with(
+        "[[variants]]\nname = \"w\"\naccelerators = [\
+         { kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", weights = { \"0\" = 1, \"1\" = 3 } },\
+         { kind = \"rps\", node = \"b\", iface = \"eth0\", cpus = [1, 0] }]\n\
+         [[variants]]\nname = \"all\"\naccelerators = [{ kind = \"cpu_balance\", node = \"b\", iface = \"eth0\" }]\n",
+    );
+    let s = parse("s.toml", &text, Path::new(".")).unwrap().scenario;
+    assert!(matches!(
+        &s.variants[1].accelerators[0].kind,
+        AcceleratorKind::CpuBalance { weights, .. } if weights == &[(0, 1), (1, 3)]
+    ));
+    assert!(matches!(
+        &s.variants[1].accelerators[1].kind,
+        AcceleratorKind::Rps { cpus, .. } if cpus == &[1, 0]
+    ));
+    assert!(matches!(
+        &s.variants[2].accelerators[0].kind,
+        AcceleratorKind::CpuBalance { weights, .. } if weights.is_empty()
+    ));
+}
+
+#[test]
+fn cpu_balance_and_rps_mistakes() {
+    let text = with(
+        "[[variants]]\nname = \"v\"\naccelerators = [\
+         { kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", cpus = [0], weights = { \"0\" = 1 } },\
+         { kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", weights = { \"x\" = 1, \"1\" = 0 } },\
+         { kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", weights = { \"1\" = 0 } },\
+         { kind = \"rps\", node = \"b\", iface = \"eth0\" },\
+         { kind = \"rps\", node = \"b\", iface = \"eth0\", cpus = [1, 1] },\
+         { kind = \"rps\", node = \"b\", iface = \"eth0\", cpus = [] },\
+         { kind = \"rps\", node = \"b\", cpus = [0], queue = 1 }]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:11:81 scenario::conflicting_fields: `cpus` and `weights` cannot both be given",
+            "s.toml:11:169 scenario::bad_cpu: `x` is not a CPU number",
+            "s.toml:11:252 scenario::no_cpus: `weights` gives no CPU a weight above zero",
+            "s.toml:11:266 scenario::missing_field: RPS needs `cpus`",
+            "s.toml:11:366 scenario::duplicate_cpu: CPU 1 is listed twice in `cpus`",
+            "s.toml:11:422 scenario::no_cpus: `cpus` names no CPU",
+            "s.toml:11:427 scenario::missing_field: RPS needs `iface`",
+            "s.toml:11:467 topology::unknown_field: unknown field `queue` in RPS",
         ]
     );
 }

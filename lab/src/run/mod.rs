@@ -17,6 +17,7 @@
 //! progress: the lab is taken down and the report written with `complete: false`. A failure
 //! after the lab is up does the same, then returns the error.
 
+mod balance;
 mod preflight;
 mod progress;
 mod sock_redirect;

@@ -3,7 +3,7 @@
 use lab_netlink::{Netem, Netlink};
 use rustix::thread::{UnshareFlags, unshare_unsafe};
 
-use crate::scenario::{EventAction, Scenario, WorkloadKind};
+use crate::scenario::{AcceleratorKind, EventAction, Scenario, WorkloadKind};
 use crate::topology::{Impairment, Link};
 
 /// Everything in `scenario` that this machine cannot run, one sentence each naming the
@@ -52,6 +52,18 @@ pub fn problems(
             }
         }
     }
+    for variant in &scenario.variants {
+        for accelerator in &variant.accelerators {
+            if let Some(cpu) = accelerator_cpus(&accelerator.kind).find(|&cpu| cpu >= cpus) {
+                problems.push(format!(
+                    "variant `{}` spreads packets to CPU {cpu}, but this machine has {cpus} CPUs \
+                     (0 to {})",
+                    variant.name.value,
+                    cpus.saturating_sub(1)
+                ));
+            }
+        }
+    }
     for deployment in &scenario.deploy {
         if !deployment.services.is_empty() {
             let names: Vec<&str> = deployment.services.iter().map(|s| s.value.name()).collect();
@@ -63,6 +75,19 @@ pub fn problems(
         }
     }
     problems
+}
+
+/// The CPUs an accelerator names.
+fn accelerator_cpus(kind: &AcceleratorKind) -> Box<dyn Iterator<Item = usize> + '_> {
+    match kind {
+        AcceleratorKind::CpuBalance { weights, .. } => {
+            Box::new(weights.iter().map(|(cpu, _)| *cpu as usize))
+        }
+        AcceleratorKind::Rps { cpus, .. } => Box::new(cpus.iter().copied()),
+        AcceleratorKind::Monitor { .. } | AcceleratorKind::SockRedirect { .. } => {
+            Box::new(std::iter::empty())
+        }
+    }
 }
 
 /// What in `scenario` needs netem: the topology's impaired links, variants that impair a

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use accel::monitor::{Monitor, Stats};
 use hdrhistogram::Histogram;
 
+use super::balance::{self, Balancer};
 use crate::apply::{self, LinkChange};
 use crate::measure::{
     CpuTimes, LatencySummary, TcpCounters, busy_shares, cpu_seconds, cpu_seconds_per_gb, jain,
     per_second, process_cpu_time,
 };
+use crate::rps::Rps;
 use crate::scenario::{
     AcceleratorKind, EventAction, MonitorMode, Scenario, Variant, Workload, WorkloadKind,
 };
@@ -69,7 +71,8 @@ enum Outcome {
 
 /// An accelerator attached for one window; dropping it detaches.
 struct Attached {
-    /// `monitor.NODE-IFACE` or `sock_redirect.NODE`, the start of its metric names.
+    /// `monitor.NODE-IFACE`, `sock_redirect.NODE`, `cpu_balance.NODE-IFACE` or
+    /// `rps.NODE-IFACE`, the start of its metric names.
     label: String,
     handle: Handle,
 }
@@ -78,12 +81,19 @@ struct Attached {
 enum Handle {
     Monitor(Monitor),
     SockRedirect(super::sock_redirect::Redirect),
+    CpuBalance(Box<Balancer>),
+    Rps {
+        /// Restores the previous masks when dropped.
+        _restore: Rps,
+    },
 }
 
 /// An attached accelerator's counters at one moment.
 enum Counters {
     Monitor(Stats),
     SockRedirect(accel::sock_redirect::Stats),
+    CpuBalance(accel::cpu_balance::Stats),
+    None,
 }
 
 impl Attached {
@@ -94,6 +104,8 @@ impl Attached {
                 .map(Counters::Monitor)
                 .map_err(|e| format!("{}: {e}", self.label)),
             Handle::SockRedirect(r) => r.stats().map(Counters::SockRedirect),
+            Handle::CpuBalance(b) => b.stats().map(Counters::CpuBalance),
+            Handle::Rps { .. } => Ok(Counters::None),
         }
     }
 }
@@ -238,6 +250,12 @@ impl<'a> Lab<'a> {
                 (Counters::SockRedirect(before), Counters::SockRedirect(after)) => {
                     super::sock_redirect::metrics(label, before, &after, &mut metrics);
                 }
+                (Counters::CpuBalance(before), Counters::CpuBalance(after)) => {
+                    if let Handle::CpuBalance(balancer) = &attached.handle {
+                        balancer.metrics(before, &after, self.cpus, elapsed, &mut metrics);
+                    }
+                }
+                (Counters::None, Counters::None) => {}
                 _ => return Err(format!("{label}: its counters changed kind")),
             }
         }
@@ -376,9 +394,48 @@ impl<'a> Lab<'a> {
                         handle: Handle::SockRedirect(redirect),
                     });
                 }
+                AcceleratorKind::CpuBalance { iface, weights } => {
+                    let [end, peer] = self.link_of(variant, node, &iface.value)?;
+                    let balancer = Balancer::attach(end, peer, weights)
+                        .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                    attached.push(Attached {
+                        label: format!("cpu_balance.{node}-{}", iface.value),
+                        handle: Handle::CpuBalance(Box::new(balancer)),
+                    });
+                }
+                AcceleratorKind::Rps { iface, cpus } => {
+                    let [end, _] = self.link_of(variant, node, &iface.value)?;
+                    let rps = balance::rps(end, cpus)
+                        .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                    attached.push(Attached {
+                        label: format!("rps.{node}-{}", iface.value),
+                        handle: Handle::Rps { _restore: rps },
+                    });
+                }
             }
         }
         Ok(attached)
+    }
+
+    /// The veth end `node:iface` and the other end of its link.
+    fn link_of(&self, variant: &Variant, node: &str, iface: &str) -> Result<[&VethEnd; 2], String> {
+        self.ends
+            .iter()
+            .find_map(|[a, b]| {
+                if a.node == node && a.iface == iface {
+                    Some([*a, *b])
+                } else if b.node == node && b.iface == iface {
+                    Some([*b, *a])
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                format!(
+                    "variant `{}`: node {node} has no interface {iface}",
+                    variant.name.value
+                )
+            })
     }
 
     /// The monitor's counts over the window: per CPU (the CPUs `/proc/stat` lists), rates and

@@ -27,6 +27,9 @@
 //! # or { kind = "sock_redirect", node = "server", ports = [5201], min_size = 1024 }:
 //! # same-host TCP of these ports redirected; `min_size` is the gate's small-message bound
 //! # (default 1024, 0 = no gate)
+//! # Also: { kind = "cpu_balance", node, iface, cpus = [0, 1] }    XDP cpumap balancer
+//! #       (or `weights = { "0" = 1, "1" = 3 }`; neither: every online CPU, weight 1)
+//! #       { kind = "rps", node, iface, cpus = [0, 1] }           the kernel's RPS (rps_cpus)
 //! [[workloads]]
 //! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
 //! from = "client"                      # the node that runs the client
@@ -160,6 +163,22 @@ pub enum AcceleratorKind {
         /// Messages below this many bytes count as small for the gate; 0 turns it off.
         min_size: u32,
     },
+    /// The XDP CPU balancer on an interface (`accel::cpu_balance`); the transmit checksum
+    /// offload of the link's other end is turned off while it is attached.
+    CpuBalance {
+        /// The receiving interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// `(cpu, weight)` pairs; empty: every online CPU, weight 1.
+        weights: Vec<(u32, u32)>,
+    },
+    /// The kernel's Receive Packet Steering: the `rps_cpus` mask of every receive queue of an
+    /// interface, restored when the variant ends.
+    Rps {
+        /// The receiving interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// The CPUs packets are steered to (not empty).
+        cpus: Vec<usize>,
+    },
 }
 
 /// XDP attach mode of the monitor.
@@ -175,7 +194,7 @@ pub enum MonitorMode {
 }
 
 /// Names of the accelerator kinds, for help texts.
-pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "sock_redirect"];
+pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "sock_redirect", "cpu_balance", "rps"];
 
 /// A load generator between two nodes.
 #[derive(Clone, Debug)]

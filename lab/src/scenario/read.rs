@@ -33,6 +33,10 @@ const MONITOR: &[&str] = &["kind", "node", "iface", "mode"];
 const SOCK_REDIRECT: &[&str] = &["kind", "node", "ports", "min_size"];
 /// Ports one socket redirect can scope (its port map's size).
 const REDIRECT_PORTS: RangeInclusive<usize> = 1..=accel::sock_redirect::MAX_PORTS as usize;
+const CPU_BALANCE: &[&str] = &["kind", "node", "iface", "cpus", "weights"];
+const RPS: &[&str] = &["kind", "node", "iface", "cpus"];
+/// Weights `accel::cpu_balance` accepts.
+const WEIGHT: RangeInclusive<u64> = 0..=accel::cpu_balance::MAX_WEIGHT as u64;
 const EVENT: &[&str] = &["at", "link", "set"];
 const COMMON: &[&str] = &[
     "kind",
@@ -506,6 +510,8 @@ fn read_accelerator(
             fields.finish(sink, "the socket redirect", SOCK_REDIRECT, &[]);
             node_ok.then_some(settings?)?
         }
+        "cpu_balance" => read_cpu_balance(fields, topo, node.as_ref(), sink)?,
+        "rps" => read_rps(fields, topo, node.as_ref(), sink)?,
         other => {
             sink.error(
                 "scenario::unknown_accelerator",
@@ -604,6 +610,146 @@ fn check_cgroup_node(topo: &Topology, node: &Spanned<String>, sink: &mut Sink) -
         }
         _ => true,
     }
+}
+
+/// Reads the `iface` an accelerator of kind `what` needs and checks it against `node`.
+fn accelerator_iface(
+    fields: &mut Fields<'_>,
+    topo: Option<&Topology>,
+    node: Option<&Spanned<String>>,
+    what: &str,
+    sink: &mut Sink,
+) -> Option<Spanned<String>> {
+    let iface = fields
+        .get("iface")
+        .and_then(|v| value::string(v, "`iface`", sink));
+    if fields.key_span("iface").is_none() {
+        missing(sink, fields.span, &format!("{what} needs `iface`"))
+            .help("name the receiving interface, like `iface = \"eth0\"`");
+    }
+    iface.filter(|i| match (topo, node) {
+        (Some(t), Some(n)) => check_iface(t, n, i, sink),
+        _ => true,
+    })
+}
+
+/// Reads a list of distinct CPU numbers (`None` with errors; an empty list is an error).
+fn cpu_set(value: &Value, what: &str, sink: &mut Sink) -> Option<Vec<usize>> {
+    let items = value::array(value, what, sink)?;
+    let mut cpus: Vec<usize> = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match bounded(item, "a CPU number", CPU, sink) {
+            Some(cpu) if cpus.contains(&(cpu as usize)) => {
+                sink.error(
+                    "scenario::duplicate_cpu",
+                    item.span,
+                    format!("CPU {cpu} is listed twice in {what}"),
+                );
+                ok = false;
+            }
+            Some(cpu) => cpus.push(cpu as usize),
+            None => ok = false,
+        }
+    }
+    if ok && cpus.is_empty() {
+        sink.error(
+            "scenario::no_cpus",
+            value.span,
+            format!("{what} names no CPU"),
+        )
+        .help("list at least one, like `cpus = [0, 1]`");
+        return None;
+    }
+    ok.then_some(cpus)
+}
+
+/// `{ kind = "cpu_balance", node, iface, cpus | weights }`.
+fn read_cpu_balance(
+    mut fields: Fields<'_>,
+    topo: Option<&Topology>,
+    node: Option<&Spanned<String>>,
+    sink: &mut Sink,
+) -> Option<AcceleratorKind> {
+    let iface = accelerator_iface(&mut fields, topo, node, "the CPU balancer", sink);
+    let cpus = fields.get("cpus").map(|v| cpu_set(v, "`cpus`", sink));
+    let weights = fields.get("weights").map(|v| cpu_weights(v, sink));
+    if let (Some(_), Some(_), Some(span)) = (&cpus, &weights, fields.key_span("weights")) {
+        sink.error(
+            "scenario::conflicting_fields",
+            span,
+            "`cpus` and `weights` cannot both be given",
+        )
+        .help("`cpus = [0, 1]` weighs each CPU 1; `weights = { \"0\" = 1, \"1\" = 3 }` sets each");
+        return None;
+    }
+    let weights = match (cpus, weights) {
+        (Some(cpus), _) => cpus?.into_iter().map(|c| (c as u32, 1)).collect(),
+        (None, Some(weights)) => weights?,
+        (None, None) => Vec::new(),
+    };
+    fields.finish(sink, "the CPU balancer", CPU_BALANCE, &[]);
+    Some(AcceleratorKind::CpuBalance {
+        iface: iface?,
+        weights,
+    })
+}
+
+/// `weights = { "CPU" = WEIGHT, ... }`: at least one weight above zero.
+fn cpu_weights(value: &Value, sink: &mut Sink) -> Option<Vec<(u32, u32)>> {
+    let mut table = Fields::of(value, "`weights`", sink)?;
+    let mut ok = true;
+    let mut out = Vec::new();
+    for (cpu, weight) in table.rest() {
+        let number = cpu.value.parse::<u64>().ok().filter(|n| CPU.contains(n));
+        let weight = bounded(weight, "a weight", WEIGHT, sink);
+        match (number, weight) {
+            (Some(cpu), Some(weight)) => out.push((cpu as u32, weight as u32)),
+            (None, _) => {
+                sink.error(
+                    "scenario::bad_cpu",
+                    cpu.span,
+                    format!("`{}` is not a CPU number", cpu.value),
+                )
+                .help(format!(
+                    "keys are CPU numbers from {} to {}, like `\"0\" = 1`",
+                    CPU.start(),
+                    CPU.end()
+                ));
+                ok = false;
+            }
+            (Some(_), None) => ok = false,
+        }
+    }
+    if ok && out.iter().all(|(_, w)| *w == 0) {
+        sink.error(
+            "scenario::no_cpus",
+            value.span,
+            "`weights` gives no CPU a weight above zero",
+        );
+        return None;
+    }
+    ok.then_some(out)
+}
+
+/// `{ kind = "rps", node, iface, cpus }`.
+fn read_rps(
+    mut fields: Fields<'_>,
+    topo: Option<&Topology>,
+    node: Option<&Spanned<String>>,
+    sink: &mut Sink,
+) -> Option<AcceleratorKind> {
+    let iface = accelerator_iface(&mut fields, topo, node, "RPS", sink);
+    let cpus = fields.get("cpus").map(|v| cpu_set(v, "`cpus`", sink));
+    if fields.key_span("cpus").is_none() {
+        missing(sink, fields.span, "RPS needs `cpus`")
+            .help("the CPUs to steer packets to, like `cpus = [0, 1]`");
+    }
+    fields.finish(sink, "RPS", RPS, &[]);
+    Some(AcceleratorKind::Rps {
+        iface: iface?,
+        cpus: cpus??,
+    })
 }
 
 fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {
