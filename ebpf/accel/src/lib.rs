@@ -10,6 +10,7 @@
 pub mod cpu_balance;
 mod error;
 pub mod http_filter;
+pub mod kernel_btf;
 pub mod monitor;
 mod object;
 pub mod pin;
