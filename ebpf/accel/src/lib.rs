@@ -11,6 +11,7 @@ pub mod afxdp;
 pub mod cpu_balance;
 mod error;
 pub mod http_filter;
+pub mod kernel_btf;
 pub mod monitor;
 mod object;
 pub mod pin;

@@ -24,6 +24,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
+mod monitor_watch;
+
 /// Attach, inspect and detach the lab's eBPF accelerators.
 ///
 /// Exit codes: 0 success, 1 failure (the message says what and where), 2 bad arguments.
@@ -46,7 +48,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Accelerator {
-    /// Performance monitor: per-CPU frames/bytes at XDP and netif_receive_skb events.
+    /// Performance monitor: per-CPU packets, NET_RX softirq time, TCP retransmits, XDP
+    /// redirects and cpumap work from kernel tracepoints; a live view and Prometheus /metrics.
     #[command(subcommand)]
     Monitor(MonitorCommand),
     /// HTTP request filter at XDP: allowed methods and path prefixes per destination port.
@@ -230,13 +233,14 @@ enum HttpFilterCommand {
 
 #[derive(Debug, Subcommand)]
 enum MonitorCommand {
-    /// Attach to an interface and pin, so it keeps counting after accel exits.
+    /// Attach (scoped to an interface) and pin, so it keeps counting after accel exits.
     Attach {
         #[command(flatten)]
         target: Target,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value_t)]
-        mode: AttachMode,
+        /// Also count frames with an XDP program on the interface, in this mode. Off by
+        /// default: any XDP program on a veth costs throughput.
+        #[arg(long, value_enum)]
+        xdp: Option<AttachMode>,
     },
     /// Print the per-CPU counters.
     Stats {
@@ -245,6 +249,18 @@ enum MonitorCommand {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Live view: per-CPU rates, refreshed every second, sorted by CPU; optionally serves
+    /// the counters in Prometheus text format on http://ADDR/metrics.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Serve /metrics on this address (e.g. 127.0.0.1:9435).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Stop after this many refreshes (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Detach and remove the pins.
     Detach {
@@ -698,10 +714,15 @@ fn print_filter_tables(stats: &http_filter::Stats) {
 
 fn monitor_command(command: MonitorCommand, layout: &PinLayout, scope: &str) -> anyhow::Result<()> {
     match command {
-        MonitorCommand::Attach { target, mode } => {
-            let pinned = Monitor::attach_pinned(&target.iface, mode, layout, scope)?;
+        MonitorCommand::Attach { target, xdp } => {
+            let pinned = Monitor::attach_pinned(&target.iface, xdp, layout, scope)?;
+            let scoped = if pinned.scoped()? {
+                "counting its packets"
+            } else {
+                "no kernel BTF: counting packets of every interface"
+            };
             println!(
-                "monitor attached to {}, pinned at {}",
+                "monitor attached to {} ({scoped}), pinned at {}",
                 target.iface,
                 pinned.dir().display()
             );
@@ -713,6 +734,14 @@ fn monitor_command(command: MonitorCommand, layout: &PinLayout, scope: &str) -> 
             } else {
                 print_table(&stats);
             }
+        }
+        MonitorCommand::Watch {
+            target,
+            listen,
+            count,
+        } => {
+            let pinned = PinnedMonitor::open(layout, scope, &target.iface)?;
+            monitor_watch::run(pinned, listen, count)?;
         }
         MonitorCommand::Detach { target } => {
             let pinned = PinnedMonitor::open(layout, scope, &target.iface)?;
@@ -739,13 +768,30 @@ fn stats_json(stats: &monitor::Stats) -> serde_json::Value {
 fn print_table(stats: &monitor::Stats) {
     println!("monitor on {}", stats.iface);
     println!(
-        "{:>5} {:>14} {:>16} {:>18}",
-        "cpu", "xdp_frames", "xdp_bytes", "netif_receive_skb"
+        "{:>5} {:>12} {:>14} {:>10} {:>14} {:>8} {:>10} {:>10} {:>10} {:>12}",
+        "cpu",
+        "rx_packets",
+        "rx_bytes",
+        "net_rx",
+        "net_rx_ns",
+        "retrans",
+        "redirects",
+        "redir_err",
+        "xdp_exc",
+        "cpumap_pkts"
     );
     let row = |cpu: &str, c: &monitor::Counters| {
         println!(
-            "{cpu:>5} {:>14} {:>16} {:>18}",
-            c.xdp_frames, c.xdp_bytes, c.netif_receive_skb
+            "{cpu:>5} {:>12} {:>14} {:>10} {:>14} {:>8} {:>10} {:>10} {:>10} {:>12}",
+            c.rx_packets,
+            c.rx_bytes,
+            c.net_rx_softirqs,
+            c.net_rx_softirq_ns,
+            c.tcp_retransmits,
+            c.xdp_redirects,
+            c.xdp_redirect_errors,
+            c.xdp_exceptions,
+            c.cpumap_packets
         );
     };
     for c in &stats.per_cpu {

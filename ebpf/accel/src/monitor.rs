@@ -1,26 +1,31 @@
-//! Performance monitor (first slice): per-CPU frames and bytes at the XDP hook of one
-//! interface, and per-CPU `netif_receive_skb` events from a BTF tracepoint.
+//! Performance monitor: per-CPU counters from kernel tracepoints (tp_btf, or raw_tp where the
+//! kernel has no BTF) — packets and bytes entering the stack on one interface, NET_RX softirq
+//! runs and time, TCP retransmits, XDP redirects, redirect errors and exceptions, cpumap
+//! kthread work — and, only when asked for, an XDP frame counter on the interface.
+//!
+//! The XDP counter is opt-in because any XDP program on a veth costs throughput (the veth then
+//! runs NAPI without GRO batching); the tracepoints cost a few ns per event.
 
-use std::{borrow::Borrow, path::Path};
+use std::{borrow::Borrow, fmt::Write as _, fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::{
     Btf, Ebpf, Pod,
-    maps::{MapData, PerCpuArray},
-    programs::{
-        BtfTracePoint, Xdp, XdpMode, links::FdLink, tp_btf::BtfTracePointLinkId, xdp::XdpLinkId,
-    },
+    maps::{Array, MapData, PerCpuArray},
+    programs::{BtfTracePoint, RawTracePoint, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
 };
 use ebpf_common::monitor::{
-    IFACE_COUNTERS_MAP, IfaceCounters, NETIF_RECEIVE_PROGRAM, NETIF_RECEIVE_TRACEPOINT,
-    STACK_COUNTERS_MAP, StackCounters, XDP_PROGRAM,
+    CONFIG_MAP, COUNTERS_MAP, CPUMAP_TRACEPOINT, Config, CpuCounters, IFACE_COUNTERS_MAP,
+    IfaceCounters, TRACEPOINTS, Tracepoint, XDP_PROGRAM,
 };
 use serde::Serialize;
 
 pub use crate::object::AttachMode;
 use crate::{
     Error, Result,
+    kernel_btf::KernelBtf,
     object::{
-        self, map_error, pin_error, pin_link, pinned_array, pinned_link_program, program_error,
+        self, map_error, pin_error, pin_link, pinned_array, pinned_link_program, pinned_map,
+        program_error,
     },
     pin::{PinLayout, PinnedDir},
 };
@@ -30,21 +35,92 @@ pub const ACCELERATOR: &str = "monitor";
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
-/// Pin file names inside an attachment directory.
+/// Pin file names inside an attachment directory; tracepoint links are `tp_<tracepoint>`.
 const XDP_LINK_PIN: &str = "xdp_link";
-const NETIF_RECEIVE_LINK_PIN: &str = "netif_receive_skb_link";
+const TRACEPOINT_LINK_PREFIX: &str = "tp_";
 const IFACE_COUNTERS_PIN: &str = "iface_counters";
-const STACK_COUNTERS_PIN: &str = "stack_counters";
+const COUNTERS_PIN: &str = "counters";
+const CONFIG_PIN: &str = "config";
 
 /// Monitor counters, for one CPU or summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
-    /// Frames seen at the XDP hook of the interface.
+    /// Packets handed to the stack on the monitored interface (`netif_receive_skb`).
+    pub rx_packets: u64,
+    /// Their bytes (`skb->len`, network header on).
+    pub rx_bytes: u64,
+    /// NET_RX softirq runs.
+    pub net_rx_softirqs: u64,
+    /// Time spent in them, in ns.
+    pub net_rx_softirq_ns: u64,
+    /// TCP retransmitted segments (every namespace).
+    pub tcp_retransmits: u64,
+    /// Successful XDP redirects (every interface).
+    pub xdp_redirects: u64,
+    /// Failed XDP redirects.
+    pub xdp_redirect_errors: u64,
+    /// XDP aborts and invalid actions.
+    pub xdp_exceptions: u64,
+    /// cpumap kthread batches.
+    pub cpumap_batches: u64,
+    /// Frames processed by cpumap kthreads.
+    pub cpumap_packets: u64,
+    /// Frames dropped by cpumap kthreads.
+    pub cpumap_drops: u64,
+    /// Frames at the interface's XDP hook (0 unless the XDP counter is attached).
     pub xdp_frames: u64,
     /// Their bytes.
     pub xdp_bytes: u64,
-    /// `netif_receive_skb` events (all interfaces).
-    pub netif_receive_skb: u64,
+}
+
+/// Applies `op` field by field.
+macro_rules! zip_counters {
+    ($a:expr, $b:expr, $op:ident) => {
+        Counters {
+            rx_packets: $a.rx_packets.$op($b.rx_packets),
+            rx_bytes: $a.rx_bytes.$op($b.rx_bytes),
+            net_rx_softirqs: $a.net_rx_softirqs.$op($b.net_rx_softirqs),
+            net_rx_softirq_ns: $a.net_rx_softirq_ns.$op($b.net_rx_softirq_ns),
+            tcp_retransmits: $a.tcp_retransmits.$op($b.tcp_retransmits),
+            xdp_redirects: $a.xdp_redirects.$op($b.xdp_redirects),
+            xdp_redirect_errors: $a.xdp_redirect_errors.$op($b.xdp_redirect_errors),
+            xdp_exceptions: $a.xdp_exceptions.$op($b.xdp_exceptions),
+            cpumap_batches: $a.cpumap_batches.$op($b.cpumap_batches),
+            cpumap_packets: $a.cpumap_packets.$op($b.cpumap_packets),
+            cpumap_drops: $a.cpumap_drops.$op($b.cpumap_drops),
+            xdp_frames: $a.xdp_frames.$op($b.xdp_frames),
+            xdp_bytes: $a.xdp_bytes.$op($b.xdp_bytes),
+        }
+    };
+}
+
+impl Counters {
+    fn new(kernel: &CpuCounters, xdp: &IfaceCounters) -> Self {
+        Self {
+            rx_packets: kernel.rx_packets,
+            rx_bytes: kernel.rx_bytes,
+            net_rx_softirqs: kernel.net_rx_softirqs,
+            net_rx_softirq_ns: kernel.net_rx_softirq_ns,
+            tcp_retransmits: kernel.tcp_retransmits,
+            xdp_redirects: kernel.xdp_redirects,
+            xdp_redirect_errors: kernel.xdp_redirect_errors,
+            xdp_exceptions: kernel.xdp_exceptions,
+            cpumap_batches: kernel.cpumap_batches,
+            cpumap_packets: kernel.cpumap_packets,
+            cpumap_drops: kernel.cpumap_drops,
+            xdp_frames: xdp.frames,
+            xdp_bytes: xdp.bytes,
+        }
+    }
+
+    /// What was counted since `before` (field by field; a counter never goes back).
+    pub fn since(&self, before: &Counters) -> Counters {
+        zip_counters!(self, before, saturating_sub)
+    }
+
+    fn plus(&self, other: &Counters) -> Counters {
+        zip_counters!(self, other, saturating_add)
+    }
 }
 
 /// One CPU's counters.
@@ -69,13 +145,125 @@ pub struct Stats {
 impl Stats {
     /// The counters summed over all CPUs.
     pub fn total(&self) -> Counters {
-        self.per_cpu.iter().fold(Counters::default(), |mut sum, c| {
-            sum.xdp_frames += c.counters.xdp_frames;
-            sum.xdp_bytes += c.counters.xdp_bytes;
-            sum.netif_receive_skb += c.counters.netif_receive_skb;
-            sum
-        })
+        self.per_cpu
+            .iter()
+            .fold(Counters::default(), |sum, c| sum.plus(&c.counters))
     }
+
+    /// Per-CPU deltas from the earlier snapshot `before` (a CPU missing there counts from 0).
+    pub fn since(&self, before: &Stats) -> Stats {
+        let per_cpu = self
+            .per_cpu
+            .iter()
+            .map(|now| {
+                let was = before
+                    .per_cpu
+                    .iter()
+                    .find(|c| c.cpu == now.cpu)
+                    .map(|c| c.counters)
+                    .unwrap_or_default();
+                CpuStats {
+                    cpu: now.cpu,
+                    counters: now.counters.since(&was),
+                }
+            })
+            .collect();
+        Stats {
+            iface: self.iface.clone(),
+            per_cpu,
+        }
+    }
+
+    /// The snapshot in Prometheus text exposition format (version 0.0.4): one counter family
+    /// per field, labelled by `cpu` and `iface`, in base units (bytes, seconds).
+    pub fn prometheus(&self) -> String {
+        type Field = fn(&Counters) -> f64;
+        let families: [(&str, &str, Field); 13] = [
+            (
+                "rx_packets",
+                "Packets handed to the stack (netif_receive_skb) on the interface.",
+                |c| c.rx_packets as f64,
+            ),
+            ("rx_bytes", "Bytes of those packets.", |c| c.rx_bytes as f64),
+            ("net_rx_softirqs", "NET_RX softirq runs.", |c| {
+                c.net_rx_softirqs as f64
+            }),
+            (
+                "net_rx_softirq_seconds",
+                "Time spent in NET_RX softirqs.",
+                |c| c.net_rx_softirq_ns as f64 / 1e9,
+            ),
+            (
+                "tcp_retransmits",
+                "TCP segments retransmitted (all namespaces).",
+                |c| c.tcp_retransmits as f64,
+            ),
+            ("xdp_redirects", "Successful XDP redirects.", |c| {
+                c.xdp_redirects as f64
+            }),
+            ("xdp_redirect_errors", "Failed XDP redirects.", |c| {
+                c.xdp_redirect_errors as f64
+            }),
+            (
+                "xdp_exceptions",
+                "XDP programs that aborted or returned an invalid action.",
+                |c| c.xdp_exceptions as f64,
+            ),
+            ("cpumap_batches", "Batches run by cpumap kthreads.", |c| {
+                c.cpumap_batches as f64
+            }),
+            (
+                "cpumap_packets",
+                "Frames processed by cpumap kthreads.",
+                |c| c.cpumap_packets as f64,
+            ),
+            ("cpumap_drops", "Frames dropped by cpumap kthreads.", |c| {
+                c.cpumap_drops as f64
+            }),
+            (
+                "xdp_frames",
+                "Frames at the interface's XDP hook (opt-in counter).",
+                |c| c.xdp_frames as f64,
+            ),
+            ("xdp_bytes", "Bytes of those frames.", |c| {
+                c.xdp_bytes as f64
+            }),
+        ];
+        let iface = escape_label(&self.iface);
+        let mut out = String::new();
+        for (name, help, field) in families {
+            let name = format!("accel_monitor_{name}_total");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for c in &self.per_cpu {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cpu=\"{}\",iface=\"{iface}\"}} {}",
+                    c.cpu,
+                    field(&c.counters)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Which program type carries the tracepoint counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavour {
+    /// BTF-enabled tracepoints (the kernel has `/sys/kernel/btf/vmlinux`).
+    TpBtf,
+    /// Raw tracepoints: no BTF, so no interface scope and no byte counts.
+    RawTp,
 }
 
 /// The monitor attached to one interface, owned by this process: dropping it detaches.
@@ -83,67 +271,105 @@ impl Stats {
 pub struct Monitor {
     ebpf: Ebpf,
     iface: String,
-    mode: XdpMode,
-    xdp_link: XdpLinkId,
-    tracepoint_link: BtfTracePointLinkId,
+    flavour: Flavour,
+    scoped: bool,
+    /// Attached tracepoints and their programs' names.
+    tracepoints: Vec<(Tracepoint, &'static str, FdLink)>,
+    xdp: Option<(XdpMode, XdpLinkId)>,
 }
 
 impl Monitor {
-    /// Loads the programs and attaches them: XDP to `iface` (in the calling thread's network
-    /// namespace) and the tracepoint program to `netif_receive_skb`.
-    pub fn attach(iface: &str, mode: AttachMode) -> Result<Self> {
+    /// Loads the programs and attaches the tracepoint counters, scoped to `iface` in the
+    /// calling thread's network namespace; with `xdp`, also the XDP frame counter on `iface`
+    /// in that mode.
+    pub fn attach(iface: &str, xdp: Option<AttachMode>) -> Result<Self> {
+        let ifindex = object::ifindex(iface).ok_or_else(|| Error::NoInterface(iface.to_owned()))?;
+        let netns = fs::metadata("/proc/thread-self/ns/net")
+            .map_err(Error::io("/proc/thread-self/ns/net"))?
+            .ino();
         let mut ebpf = object::load(ACCELERATOR, OBJECT)?;
 
-        let xdp: &mut Xdp = object::program(&mut ebpf, ACCELERATOR, XDP_PROGRAM)?;
-        xdp.load().map_err(program_error("load", XDP_PROGRAM))?;
-        let (mode, xdp_link) = object::attach_xdp(xdp, XDP_PROGRAM, iface, mode)?;
+        // Both BTF readers must work for tp_btf and the scope offsets; otherwise raw_tp.
+        let btf = Btf::from_sys_fs().ok().zip(KernelBtf::from_sys_fs().ok());
+        let (flavour, config) = match &btf {
+            Some((_, kernel)) => (Flavour::TpBtf, scoped_config(kernel, ifindex, netns)),
+            None => (Flavour::RawTp, Config::UNSCOPED),
+        };
+        let scoped = config.ifindex != 0;
+        let mut config_map: Array<_, Config> =
+            Array::try_from(object::map_mut(&mut ebpf, ACCELERATOR, CONFIG_MAP)?)
+                .map_err(map_error(CONFIG_MAP))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(map_error(CONFIG_MAP))?;
 
-        let btf = Btf::from_sys_fs().map_err(|e| Error::Program {
-            action: "read kernel BTF for".into(),
-            program: NETIF_RECEIVE_PROGRAM,
-            source: Box::new(e.into()),
-        })?;
-        let tracepoint: &mut BtfTracePoint =
-            object::program(&mut ebpf, ACCELERATOR, NETIF_RECEIVE_PROGRAM)?;
-        tracepoint
-            .load(NETIF_RECEIVE_TRACEPOINT, &btf)
-            .map_err(program_error("load", NETIF_RECEIVE_PROGRAM))?;
-        let tracepoint_link = tracepoint
-            .attach()
-            .map_err(program_error("attach", NETIF_RECEIVE_PROGRAM))?;
+        let mut tracepoints = Vec::new();
+        for tp in TRACEPOINTS.iter().chain([&CPUMAP_TRACEPOINT]) {
+            match attach_tracepoint(&mut ebpf, tp, btf.as_ref().map(|(b, _)| b)) {
+                Ok((program, link)) => tracepoints.push((*tp, program, link)),
+                Err(_) if tp.optional => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        let xdp = match xdp {
+            Some(mode) => {
+                let program: &mut Xdp = object::program(&mut ebpf, ACCELERATOR, XDP_PROGRAM)?;
+                program.load().map_err(program_error("load", XDP_PROGRAM))?;
+                Some(object::attach_xdp(program, XDP_PROGRAM, iface, mode)?)
+            }
+            None => None,
+        };
 
         Ok(Self {
             ebpf,
             iface: iface.to_owned(),
-            mode,
-            xdp_link,
-            tracepoint_link,
+            flavour,
+            scoped,
+            tracepoints,
+            xdp,
         })
     }
 
-    /// The XDP mode the kernel accepted.
-    pub fn xdp_mode(&self) -> XdpMode {
-        self.mode
+    /// The XDP mode the kernel accepted, if the XDP counter is attached.
+    pub fn xdp_mode(&self) -> Option<XdpMode> {
+        self.xdp.as_ref().map(|(mode, _)| *mode)
+    }
+
+    /// tp_btf or raw_tp.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
+    /// Whether packet counts are limited to the interface (false without kernel BTF: then
+    /// they cover every interface).
+    pub fn scoped(&self) -> bool {
+        self.scoped
+    }
+
+    /// The tracepoints attached (optional ones the kernel lacks are left out).
+    pub fn tracepoints(&self) -> Vec<&'static str> {
+        self.tracepoints.iter().map(|(tp, _, _)| tp.name).collect()
     }
 
     /// Reads the counters.
     pub fn stats(&self) -> Result<Stats> {
-        let iface_map = object::map(&self.ebpf, ACCELERATOR, IFACE_COUNTERS_MAP)?;
-        let stack_map = object::map(&self.ebpf, ACCELERATOR, STACK_COUNTERS_MAP)?;
+        let counters = object::map(&self.ebpf, ACCELERATOR, COUNTERS_MAP)?;
+        let iface = object::map(&self.ebpf, ACCELERATOR, IFACE_COUNTERS_MAP)?;
         stats(
             &self.iface,
-            &PerCpuArray::try_from(iface_map).map_err(map_error(IFACE_COUNTERS_MAP))?,
-            &PerCpuArray::try_from(stack_map).map_err(map_error(STACK_COUNTERS_MAP))?,
+            &PerCpuArray::try_from(counters).map_err(map_error(COUNTERS_MAP))?,
+            &PerCpuArray::try_from(iface).map_err(map_error(IFACE_COUNTERS_MAP))?,
         )
     }
 
-    /// The kernel's ids of the two loaded programs (XDP, tracepoint).
+    /// The kernel's ids of the loaded programs (tracepoints, then XDP if attached).
     pub fn program_ids(&self) -> Result<Vec<u32>> {
-        object::program_ids(
-            &self.ebpf,
-            ACCELERATOR,
-            &[XDP_PROGRAM, NETIF_RECEIVE_PROGRAM],
-        )
+        let mut names: Vec<&'static str> = self.tracepoints.iter().map(|(_, p, _)| *p).collect();
+        if self.xdp.is_some() {
+            names.push(XDP_PROGRAM);
+        }
+        object::program_ids(&self.ebpf, ACCELERATOR, &names)
     }
 
     /// Attaches like [`Monitor::attach`] and pins links and maps under `layout`, so the
@@ -151,13 +377,13 @@ impl Monitor {
     /// (`host` for the initial one). Refuses, changing nothing, if one is pinned there already.
     pub fn attach_pinned(
         iface: &str,
-        mode: AttachMode,
+        xdp: Option<AttachMode>,
         layout: &PinLayout,
         scope: &str,
     ) -> Result<PinnedMonitor> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
         let pins = layout.pin_attachment(ACCELERATOR, dir, |dir| {
-            Self::attach(iface, mode).and_then(|monitor| monitor.pin_into(dir))
+            Self::attach(iface, xdp).and_then(|monitor| monitor.pin_into(dir))
         })?;
         Ok(PinnedMonitor {
             iface: iface.to_owned(),
@@ -167,32 +393,97 @@ impl Monitor {
 
     /// Pins maps and links; on error, whatever was not pinned is dropped (detached) here.
     fn pin_into(mut self, dir: &Path) -> Result<()> {
-        for (name, file) in [
-            (IFACE_COUNTERS_MAP, IFACE_COUNTERS_PIN),
-            (STACK_COUNTERS_MAP, STACK_COUNTERS_PIN),
-        ] {
+        let mut maps = vec![(COUNTERS_MAP, COUNTERS_PIN), (CONFIG_MAP, CONFIG_PIN)];
+        if self.xdp.is_some() {
+            maps.push((IFACE_COUNTERS_MAP, IFACE_COUNTERS_PIN));
+        }
+        for (name, file) in maps {
             let path = dir.join(file);
             object::map(&self.ebpf, ACCELERATOR, name)?
                 .pin(&path)
                 .map_err(|e| pin_error(&path)(e.into()))?;
         }
-
-        let xdp: &mut Xdp = object::program(&mut self.ebpf, ACCELERATOR, XDP_PROGRAM)?;
-        let link = xdp
-            .take_link(self.xdp_link)
-            .map_err(program_error("take the link of", XDP_PROGRAM))?;
-        let path = dir.join(XDP_LINK_PIN);
-        // Kernels without XDP bpf_link (< 5.9) attach through netlink: nothing to pin.
-        let link = FdLink::try_from(link).map_err(|e| pin_error(&path)(e.into()))?;
-        pin_link(link, &path)?;
-
-        let tracepoint: &mut BtfTracePoint =
-            object::program(&mut self.ebpf, ACCELERATOR, NETIF_RECEIVE_PROGRAM)?;
-        let link = tracepoint
-            .take_link(self.tracepoint_link)
-            .map_err(program_error("take the link of", NETIF_RECEIVE_PROGRAM))?;
-        pin_link(FdLink::from(link), &dir.join(NETIF_RECEIVE_LINK_PIN))?;
+        for (tp, _, link) in std::mem::take(&mut self.tracepoints) {
+            pin_link(
+                link,
+                &dir.join(format!("{TRACEPOINT_LINK_PREFIX}{}", tp.name)),
+            )?;
+        }
+        if let Some((_, id)) = self.xdp.take() {
+            let xdp: &mut Xdp = object::program(&mut self.ebpf, ACCELERATOR, XDP_PROGRAM)?;
+            let link = xdp
+                .take_link(id)
+                .map_err(program_error("take the link of", XDP_PROGRAM))?;
+            let path = dir.join(XDP_LINK_PIN);
+            // Kernels without XDP bpf_link (< 5.9) attach through netlink: nothing to pin.
+            let link = FdLink::try_from(link).map_err(|e| pin_error(&path)(e.into()))?;
+            pin_link(link, &path)?;
+        }
         Ok(())
+    }
+}
+
+/// The configuration scoping packet counts to `ifindex` in the namespace `netns`, with the
+/// kernel's offsets; unscoped when an offset is missing.
+fn scoped_config(btf: &KernelBtf, ifindex: u32, netns: u64) -> Config {
+    let offsets = (
+        btf.offset("sk_buff", &["dev"]),
+        btf.offset("net_device", &["ifindex"]),
+        btf.offset("net_device", &["nd_net"]),
+        btf.offset("net", &["ns", "inum"]),
+    );
+    let skb_len = btf
+        .offset("sk_buff", &["len"])
+        .unwrap_or(Config::UNSCOPED.skb_len);
+    match offsets {
+        (Some(skb_dev), Some(dev_ifindex), Some(dev_nd_net), Some(net_inum)) => Config {
+            ifindex,
+            netns_inum: u32::try_from(netns).unwrap_or(0),
+            skb_len,
+            skb_dev,
+            dev_ifindex,
+            dev_nd_net,
+            net_inum,
+            reserved: 0,
+        },
+        _ => Config {
+            skb_len,
+            ..Config::UNSCOPED
+        },
+    }
+}
+
+/// Loads and attaches the tp_btf program of `tp` (with `btf`) or else its raw_tp program.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    tp: &Tracepoint,
+    btf: Option<&Btf>,
+) -> Result<(&'static str, FdLink)> {
+    match btf {
+        Some(btf) => {
+            let name = tp.btf_program;
+            let program: &mut BtfTracePoint = object::program(ebpf, ACCELERATOR, name)?;
+            program
+                .load(tp.name, btf)
+                .map_err(program_error("load", name))?;
+            let id = program.attach().map_err(program_error("attach", name))?;
+            let link = program
+                .take_link(id)
+                .map_err(program_error("take the link of", name))?;
+            Ok((name, link.into()))
+        }
+        None => {
+            let name = tp.raw_program;
+            let program: &mut RawTracePoint = object::program(ebpf, ACCELERATOR, name)?;
+            program.load().map_err(program_error("load", name))?;
+            let id = program
+                .attach(tp.name)
+                .map_err(program_error("attach", name))?;
+            let link = program
+                .take_link(id)
+                .map_err(program_error("take the link of", name))?;
+            Ok((name, link.into()))
+        }
     }
 }
 
@@ -209,7 +500,7 @@ impl PinnedMonitor {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
         Ok(Self {
             iface: iface.to_owned(),
-            pins: layout.open_attachment(ACCELERATOR, dir, IFACE_COUNTERS_PIN)?,
+            pins: layout.open_attachment(ACCELERATOR, dir, COUNTERS_PIN)?,
         })
     }
 
@@ -218,52 +509,86 @@ impl PinnedMonitor {
         self.pins.path()
     }
 
+    /// The pinned links' file names: XDP (if attached), then tracepoints, sorted.
+    fn links(&self) -> Result<Vec<String>> {
+        let dir = self.pins.path();
+        let mut links = Vec::new();
+        for entry in fs::read_dir(dir).map_err(Error::io(dir))? {
+            let name = entry.map_err(Error::io(dir))?.file_name();
+            let name = name.to_string_lossy();
+            if name == XDP_LINK_PIN || name.starts_with(TRACEPOINT_LINK_PREFIX) {
+                links.push(name.into_owned());
+            }
+        }
+        links.sort();
+        Ok(links)
+    }
+
     /// The kernel's ids of the attached programs, read through the pinned links.
     pub fn program_ids(&self) -> Result<Vec<u32>> {
-        [XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN]
-            .into_iter()
+        self.links()?
+            .iter()
             .map(|file| pinned_link_program(&self.pins.join(file)))
             .collect()
     }
 
     /// Reads the counters from the pinned maps.
     pub fn stats(&self) -> Result<Stats> {
-        stats(
-            &self.iface,
-            &pinned_array(&self.pins.join(IFACE_COUNTERS_PIN))?,
-            &pinned_array(&self.pins.join(STACK_COUNTERS_PIN))?,
-        )
+        let counters = pinned_array(&self.pins.join(COUNTERS_PIN))?;
+        let iface_path = self.pins.join(IFACE_COUNTERS_PIN);
+        if iface_path.exists() {
+            stats(&self.iface, &counters, &pinned_array(&iface_path)?)
+        } else {
+            let per_cpu = slot0(&counters, COUNTERS_MAP)?
+                .iter()
+                .enumerate()
+                .map(|(cpu, k)| CpuStats {
+                    cpu: cpu as u32,
+                    counters: Counters::new(k, &IfaceCounters::default()),
+                })
+                .collect();
+            Ok(Stats {
+                iface: self.iface.clone(),
+                per_cpu,
+            })
+        }
+    }
+
+    /// Whether packet counts are limited to the interface.
+    pub fn scoped(&self) -> Result<bool> {
+        let path = self.pins.join(CONFIG_PIN);
+        let config: Array<_, Config> = Array::try_from(aya::maps::Map::Array(pinned_map(&path)?))
+            .map_err(map_error(CONFIG_MAP))?;
+        Ok(config.get(&0, 0).map_err(map_error(CONFIG_MAP))?.ifindex != 0)
     }
 
     /// Detaches the programs (at once), then removes the pins: the kernel frees the programs
     /// and maps.
     pub fn detach(self) -> Result<()> {
-        self.pins.detach(&[XDP_LINK_PIN, NETIF_RECEIVE_LINK_PIN])
+        let links = self.links()?;
+        let links: Vec<&str> = links.iter().map(String::as_str).collect();
+        self.pins.detach(&links)
     }
 }
 
 fn stats<A, B>(
     iface: &str,
-    iface_counters: &PerCpuArray<A, IfaceCounters>,
-    stack_counters: &PerCpuArray<B, StackCounters>,
+    counters: &PerCpuArray<A, CpuCounters>,
+    iface_counters: &PerCpuArray<B, IfaceCounters>,
 ) -> Result<Stats>
 where
     A: Borrow<MapData>,
     B: Borrow<MapData>,
 {
-    let iface_per_cpu = slot0(iface_counters, IFACE_COUNTERS_MAP)?;
-    let stack_per_cpu = slot0(stack_counters, STACK_COUNTERS_MAP)?;
-    let per_cpu = iface_per_cpu
+    let kernel = slot0(counters, COUNTERS_MAP)?;
+    let xdp = slot0(iface_counters, IFACE_COUNTERS_MAP)?;
+    let per_cpu = kernel
         .iter()
-        .zip(stack_per_cpu.iter())
+        .zip(xdp.iter())
         .enumerate()
-        .map(|(cpu, (i, s))| CpuStats {
+        .map(|(cpu, (k, x))| CpuStats {
             cpu: cpu as u32,
-            counters: Counters {
-                xdp_frames: i.frames,
-                xdp_bytes: i.bytes,
-                netif_receive_skb: s.netif_receive_skb,
-            },
+            counters: Counters::new(k, x),
         })
         .collect();
     Ok(Stats {

@@ -73,7 +73,8 @@ pub(crate) fn attach_xdp(
     }
 }
 
-fn ifindex(iface: &str) -> Option<u32> {
+/// The index of `iface` in the calling thread's network namespace.
+pub(crate) fn ifindex(iface: &str) -> Option<u32> {
     let name = CString::new(iface).ok()?;
     // SAFETY: a valid NUL-terminated string; the call only reads it.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -252,4 +253,13 @@ pub(crate) fn pin_error(
 ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Error {
     let path = path.to_owned();
     move |source| Error::Pin { path, source }
+}
+
+/// The map `name` of `object`, mutably.
+pub(crate) fn map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    object: &'static str,
+    name: &'static str,
+) -> Result<&'a mut Map> {
+    ebpf.map_mut(name).ok_or(Error::WrongType { object, name })
 }

@@ -1,15 +1,118 @@
 //! The performance monitor's map layout.
+//!
+//! Tracepoint programs (tp_btf, or raw_tp on kernels without BTF) count per CPU into one
+//! [`CpuCounters`] slot of [`COUNTERS_MAP`]; an optional XDP program counts frames at one
+//! interface into [`IFACE_COUNTERS_MAP`]. User space fills [`CONFIG_MAP`] before attaching:
+//! the interface scope and the kernel's structure offsets, read from its BTF.
 
-/// Name of the per-CPU array (one [`IfaceCounters`] slot) filled by the XDP program.
+/// Name of the per-CPU array (one [`IfaceCounters`] slot) filled by the optional XDP program.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
-/// Name of the per-CPU array (one [`StackCounters`] slot) filled by the tracepoint programs.
-pub const STACK_COUNTERS_MAP: &str = "STACK_COUNTERS";
+/// Name of the per-CPU array (one [`CpuCounters`] slot) filled by the tracepoint programs.
+pub const COUNTERS_MAP: &str = "MONITOR_COUNTERS";
+/// Name of the array (one [`Config`] slot) user space writes before attaching.
+pub const CONFIG_MAP: &str = "MONITOR_CONFIG";
+/// Name of the per-CPU array (one `u64` slot): when the running NET_RX softirq entered, in ns.
+pub const SOFTIRQ_START_MAP: &str = "MONITOR_SOFTIRQ_START";
 /// XDP program counting frames and bytes on the interface it is attached to.
 pub const XDP_PROGRAM: &str = "monitor_xdp";
-/// tp_btf program on `netif_receive_skb`.
-pub const NETIF_RECEIVE_PROGRAM: &str = "monitor_netif_receive_skb";
-/// The kernel tracepoint the [`NETIF_RECEIVE_PROGRAM`] attaches to.
-pub const NETIF_RECEIVE_TRACEPOINT: &str = "netif_receive_skb";
+
+/// Softirq vector number of NET_RX (`enum { HI_SOFTIRQ, TIMER_SOFTIRQ, NET_TX_SOFTIRQ,
+/// NET_RX_SOFTIRQ, ... }`, stable since 2.6).
+pub const NET_RX_SOFTIRQ: u32 = 3;
+
+/// One tracepoint the monitor attaches to, with its tp_btf and raw_tp program names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracepoint {
+    /// The kernel tracepoint.
+    pub name: &'static str,
+    /// The tp_btf program.
+    pub btf_program: &'static str,
+    /// The raw_tp program (same code, for kernels without BTF).
+    pub raw_program: &'static str,
+    /// Whether attaching may fail because the kernel lacks the tracepoint.
+    pub optional: bool,
+}
+
+const fn tracepoint(
+    name: &'static str,
+    btf_program: &'static str,
+    raw_program: &'static str,
+    optional: bool,
+) -> Tracepoint {
+    Tracepoint {
+        name,
+        btf_program,
+        raw_program,
+        optional,
+    }
+}
+
+/// Every tracepoint the monitor counts on.
+pub const TRACEPOINTS: [Tracepoint; 9] = [
+    tracepoint(
+        "netif_receive_skb",
+        "monitor_netif_receive_skb",
+        "monitor_raw_netif_receive_skb",
+        false,
+    ),
+    tracepoint(
+        "softirq_entry",
+        "monitor_softirq_entry",
+        "monitor_raw_softirq_entry",
+        false,
+    ),
+    tracepoint(
+        "softirq_exit",
+        "monitor_softirq_exit",
+        "monitor_raw_softirq_exit",
+        false,
+    ),
+    tracepoint(
+        "tcp_retransmit_skb",
+        "monitor_tcp_retransmit_skb",
+        "monitor_raw_tcp_retransmit_skb",
+        false,
+    ),
+    tracepoint(
+        "xdp_redirect",
+        "monitor_xdp_redirect",
+        "monitor_raw_xdp_redirect",
+        false,
+    ),
+    tracepoint(
+        "xdp_redirect_err",
+        "monitor_xdp_redirect_err",
+        "monitor_raw_xdp_redirect_err",
+        false,
+    ),
+    // Older kernels report map redirects on these two instead of the two above.
+    tracepoint(
+        "xdp_redirect_map",
+        "monitor_xdp_redirect_map",
+        "monitor_raw_xdp_redirect_map",
+        true,
+    ),
+    tracepoint(
+        "xdp_redirect_map_err",
+        "monitor_xdp_redirect_map_err",
+        "monitor_raw_xdp_redirect_map_err",
+        true,
+    ),
+    tracepoint(
+        "xdp_exception",
+        "monitor_xdp_exception",
+        "monitor_raw_xdp_exception",
+        false,
+    ),
+];
+
+/// The cpumap kthread tracepoint (kernels without cpumap support lack it: optional).
+pub const CPUMAP_TRACEPOINT: Tracepoint = tracepoint(
+    "xdp_cpumap_kthread",
+    "monitor_xdp_cpumap_kthread",
+    "monitor_raw_xdp_cpumap_kthread",
+    true,
+);
 
 /// What the XDP program saw on one CPU.
 #[repr(C)]
@@ -21,17 +124,86 @@ pub struct IfaceCounters {
     pub bytes: u64,
 }
 
-/// What the kernel stack tracepoints saw on one CPU.
+/// What the tracepoint programs saw on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StackCounters {
-    /// `netif_receive_skb` events: packets handed to the stack on this CPU (all interfaces).
-    pub netif_receive_skb: u64,
+pub struct CpuCounters {
+    /// Packets handed to the stack (`netif_receive_skb`) on the scoped interface, or on every
+    /// interface when unscoped.
+    pub rx_packets: u64,
+    /// Their bytes (`skb->len`: from the network header on; 0 when the kernel's offsets are
+    /// unknown).
+    pub rx_bytes: u64,
+    /// NET_RX softirq runs.
+    pub net_rx_softirqs: u64,
+    /// Time spent in them, in ns.
+    pub net_rx_softirq_ns: u64,
+    /// TCP segments retransmitted (`tcp_retransmit_skb`), in every namespace.
+    pub tcp_retransmits: u64,
+    /// Successful XDP redirects (`xdp_redirect`, `xdp_redirect_map`).
+    pub xdp_redirects: u64,
+    /// Failed XDP redirects (`xdp_redirect_err`, `xdp_redirect_map_err`).
+    pub xdp_redirect_errors: u64,
+    /// XDP programs that aborted or returned an invalid action (`xdp_exception`).
+    pub xdp_exceptions: u64,
+    /// Batches run by cpumap kthreads (`xdp_cpumap_kthread`).
+    pub cpumap_batches: u64,
+    /// Frames those batches processed.
+    pub cpumap_packets: u64,
+    /// Frames they dropped.
+    pub cpumap_drops: u64,
 }
 
-// SAFETY: plain #[repr(C)] structs of u64 fields: no padding, every bit pattern valid.
+/// Scope and kernel structure offsets, one slot written by user space.
+///
+/// Offsets are byte offsets in the running kernel's structures; `u32::MAX` means unknown
+/// (the program then does not read that field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Count only packets received on this interface index (0: every interface).
+    pub ifindex: u32,
+    /// ... in the network namespace with this inode number (0: any namespace).
+    pub netns_inum: u32,
+    /// `offsetof(struct sk_buff, len)`.
+    pub skb_len: u32,
+    /// `offsetof(struct sk_buff, dev)`.
+    pub skb_dev: u32,
+    /// `offsetof(struct net_device, ifindex)`.
+    pub dev_ifindex: u32,
+    /// `offsetof(struct net_device, nd_net)` (a `possible_net_t`, whose first field is the
+    /// `struct net *`).
+    pub dev_nd_net: u32,
+    /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
+    pub net_inum: u32,
+    /// Keeps the size a multiple of 8.
+    pub reserved: u32,
+}
+
+/// Marks an offset the kernel's BTF did not give.
+pub const UNKNOWN_OFFSET: u32 = u32::MAX;
+
+impl Config {
+    /// No scope, no offsets: counts packets on every interface, without bytes.
+    pub const UNSCOPED: Self = Self {
+        ifindex: 0,
+        netns_inum: 0,
+        skb_len: UNKNOWN_OFFSET,
+        skb_dev: UNKNOWN_OFFSET,
+        dev_ifindex: UNKNOWN_OFFSET,
+        dev_nd_net: UNKNOWN_OFFSET,
+        net_inum: UNKNOWN_OFFSET,
+        reserved: 0,
+    };
+}
+
+// SAFETY: plain #[repr(C)] structs of u64 / u32 fields, sizes multiples of 8: no padding,
+// every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for IfaceCounters {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for StackCounters {}
+unsafe impl aya::Pod for CpuCounters {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}

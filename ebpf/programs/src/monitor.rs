@@ -1,22 +1,37 @@
-//! Performance monitor, first slice: per-CPU frame/byte counters at the XDP hook of one
-//! interface, and per-CPU `netif_receive_skb` events from a BTF tracepoint (no tracefs needed).
+//! Performance monitor: per-CPU counters from kernel tracepoints — packets and bytes entering
+//! the stack (optionally of one interface), NET_RX softirq time, TCP retransmits, XDP
+//! redirects, redirect errors and exceptions, cpumap kthread work — and an optional XDP
+//! frame counter on one interface.
+//!
+//! Every tracepoint program exists twice with the same body: as tp_btf (kernels with BTF) and
+//! as raw_tp (without); user space loads one of each pair. Neither needs tracefs.
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action,
-    macros::{btf_tracepoint, map, xdp},
-    maps::PerCpuArray,
-    programs::{BtfTracePointContext, XdpContext},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map, raw_tracepoint, xdp},
+    maps::{Array, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext, XdpContext},
 };
-use ebpf_common::monitor::{IfaceCounters, StackCounters};
+use ebpf_common::monitor::{Config, CpuCounters, IfaceCounters, NET_RX_SOFTIRQ, UNKNOWN_OFFSET};
 use ebpf_programs::with_percpu_slot;
 
 #[map]
 static IFACE_COUNTERS: PerCpuArray<IfaceCounters> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static STACK_COUNTERS: PerCpuArray<StackCounters> = PerCpuArray::with_max_entries(1, 0);
+static MONITOR_COUNTERS: PerCpuArray<CpuCounters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static MONITOR_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static MONITOR_SOFTIRQ_START: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts every frame and its length, then lets it through unchanged.
 #[xdp]
@@ -29,11 +44,157 @@ pub fn monitor_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Counts packets entering the stack, per CPU.
-#[btf_tracepoint(function = "netif_receive_skb")]
-pub fn monitor_netif_receive_skb(_ctx: BtfTracePointContext) -> i32 {
-    with_percpu_slot(&STACK_COUNTERS, |c| c.netif_receive_skb += 1);
+/// Argument `n` of a tracepoint: both tp_btf and raw_tp contexts are arrays of u64.
+#[inline(always)]
+fn arg(ctx: *mut c_void, n: usize) -> u64 {
+    // SAFETY: the verifier checks the read against the tracepoint's argument count.
+    unsafe { *(ctx as *const u64).add(n) }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn read_at<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == UNKNOWN_OFFSET {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies through a fault-safe helper; a bad address fails.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+/// `netif_receive_skb(struct sk_buff *skb)`: counts the packet when it is in scope.
+#[inline(always)]
+fn on_netif_receive_skb(ctx: *mut c_void) -> i32 {
+    let skb = arg(ctx, 0);
+    let Some(config) = MONITOR_CONFIG.get(0) else {
+        return 0;
+    };
+    if config.ifindex != 0 {
+        let Some(dev) = read_at::<u64>(skb, config.skb_dev) else {
+            return 0;
+        };
+        if read_at::<u32>(dev, config.dev_ifindex) != Some(config.ifindex) {
+            return 0;
+        }
+        if config.netns_inum != 0 {
+            let net = read_at::<u64>(dev, config.dev_nd_net).unwrap_or(0);
+            if read_at::<u32>(net, config.net_inum) != Some(config.netns_inum) {
+                return 0;
+            }
+        }
+    }
+    let len = read_at::<u32>(skb, config.skb_len).unwrap_or(0) as u64;
+    with_percpu_slot(&MONITOR_COUNTERS, |c| {
+        c.rx_packets += 1;
+        c.rx_bytes += len;
+    });
     0
+}
+
+/// `softirq_entry(unsigned int vec_nr)`: notes when NET_RX started on this CPU.
+#[inline(always)]
+fn on_softirq_entry(ctx: *mut c_void) -> i32 {
+    if arg(ctx, 0) as u32 == NET_RX_SOFTIRQ {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        with_percpu_slot(&MONITOR_SOFTIRQ_START, |start| *start = now);
+    }
+    0
+}
+
+/// `softirq_exit(unsigned int vec_nr)`: adds the NET_RX run's time.
+#[inline(always)]
+fn on_softirq_exit(ctx: *mut c_void) -> i32 {
+    if arg(ctx, 0) as u32 != NET_RX_SOFTIRQ {
+        return 0;
+    }
+    let mut started = 0;
+    with_percpu_slot(&MONITOR_SOFTIRQ_START, |start| {
+        started = *start;
+        *start = 0;
+    });
+    // A softirq already running when the monitor attached has no start: skip it.
+    if started != 0 {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        with_percpu_slot(&MONITOR_COUNTERS, |c| {
+            c.net_rx_softirqs += 1;
+            c.net_rx_softirq_ns += now.saturating_sub(started);
+        });
+    }
+    0
+}
+
+#[inline(always)]
+fn on_tcp_retransmit_skb(_ctx: *mut c_void) -> i32 {
+    with_percpu_slot(&MONITOR_COUNTERS, |c| c.tcp_retransmits += 1);
+    0
+}
+
+#[inline(always)]
+fn on_xdp_redirect(_ctx: *mut c_void) -> i32 {
+    with_percpu_slot(&MONITOR_COUNTERS, |c| c.xdp_redirects += 1);
+    0
+}
+
+#[inline(always)]
+fn on_xdp_redirect_err(_ctx: *mut c_void) -> i32 {
+    with_percpu_slot(&MONITOR_COUNTERS, |c| c.xdp_redirect_errors += 1);
+    0
+}
+
+#[inline(always)]
+fn on_xdp_exception(_ctx: *mut c_void) -> i32 {
+    with_percpu_slot(&MONITOR_COUNTERS, |c| c.xdp_exceptions += 1);
+    0
+}
+
+/// `xdp_cpumap_kthread(int map_id, unsigned int processed, unsigned int drops, int sched, ...)`.
+#[inline(always)]
+fn on_xdp_cpumap_kthread(ctx: *mut c_void) -> i32 {
+    let processed = arg(ctx, 1) as u32 as u64;
+    let drops = arg(ctx, 2) as u32 as u64;
+    with_percpu_slot(&MONITOR_COUNTERS, |c| {
+        c.cpumap_batches += 1;
+        c.cpumap_packets += processed;
+        c.cpumap_drops += drops;
+    });
+    0
+}
+
+/// One tp_btf and one raw_tp program per tracepoint, both running `$body`.
+macro_rules! tracepoint_programs {
+    ($($tracepoint:tt => $btf:ident, $raw:ident, $body:ident;)*) => {$(
+        #[doc = concat!("tp_btf on `", $tracepoint, "`.")]
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
+            $body(ctx.as_ptr())
+        }
+
+        #[doc = concat!("raw_tp on `", $tracepoint, "`.")]
+        #[raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $raw(ctx: RawTracePointContext) -> i32 {
+            $body(ctx.as_ptr())
+        }
+    )*};
+}
+
+tracepoint_programs! {
+    "netif_receive_skb" => monitor_netif_receive_skb, monitor_raw_netif_receive_skb,
+        on_netif_receive_skb;
+    "softirq_entry" => monitor_softirq_entry, monitor_raw_softirq_entry, on_softirq_entry;
+    "softirq_exit" => monitor_softirq_exit, monitor_raw_softirq_exit, on_softirq_exit;
+    "tcp_retransmit_skb" => monitor_tcp_retransmit_skb, monitor_raw_tcp_retransmit_skb,
+        on_tcp_retransmit_skb;
+    "xdp_redirect" => monitor_xdp_redirect, monitor_raw_xdp_redirect, on_xdp_redirect;
+    "xdp_redirect_err" => monitor_xdp_redirect_err, monitor_raw_xdp_redirect_err,
+        on_xdp_redirect_err;
+    "xdp_redirect_map" => monitor_xdp_redirect_map, monitor_raw_xdp_redirect_map,
+        on_xdp_redirect;
+    "xdp_redirect_map_err" => monitor_xdp_redirect_map_err, monitor_raw_xdp_redirect_map_err,
+        on_xdp_redirect_err;
+    "xdp_exception" => monitor_xdp_exception, monitor_raw_xdp_exception, on_xdp_exception;
+    "xdp_cpumap_kthread" => monitor_xdp_cpumap_kthread, monitor_raw_xdp_cpumap_kthread,
+        on_xdp_cpumap_kthread;
 }
 
 #[unsafe(link_section = "license")]
