@@ -23,7 +23,7 @@
 //! [[variants]]
 //! name = "netem-1ms"
 //! impair = { "client:eth0" = { delay = "1ms" } }
-//! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", mode = "auto" }]
+//! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", xdp = "auto" }]
 //! [[workloads]]
 //! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
 //! from = "client"                      # the node that runs the client
@@ -138,16 +138,17 @@ pub struct Accelerator {
 /// The accelerators a scenario can attach, with their settings.
 #[derive(Clone, Debug)]
 pub enum AcceleratorKind {
-    /// Per-CPU packet counters on an interface (`accel::monitor`).
+    /// Per-CPU kernel counters scoped to an interface (`accel::monitor`).
     Monitor {
         /// The interface, one of the node's link ends.
         iface: Spanned<String>,
-        /// How the XDP program is attached.
-        mode: MonitorMode,
+        /// The opt-in XDP frame counter on the interface and its mode (`xdp = "auto"`);
+        /// `None`: tracepoints only.
+        xdp: Option<MonitorMode>,
     },
 }
 
-/// XDP attach mode of the monitor.
+/// XDP attach mode of the monitor's opt-in XDP counter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MonitorMode {
     /// Native when the driver supports it, else generic.

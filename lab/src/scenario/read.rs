@@ -29,7 +29,7 @@ const TOP: &[&str] = &[
     "events",
 ];
 const VARIANT: &[&str] = &["name", "accelerators", "impair"];
-const MONITOR: &[&str] = &["kind", "node", "iface", "mode"];
+const MONITOR: &[&str] = &["kind", "node", "iface", "xdp"];
 const EVENT: &[&str] = &["at", "link", "set"];
 const COMMON: &[&str] = &["kind", "from", "to", "duration", "from_cpus", "to_cpus"];
 const TCP_RR: &[&str] = &["size", "request", "response", "connections"];
@@ -471,9 +471,9 @@ fn read_accelerator(
                 missing(sink, fields.span, "the monitor needs `iface`")
                     .help("name the interface to count packets on, like `iface = \"eth0\"`");
             }
-            let mode = match fields.get("mode") {
-                Some(v) => monitor_mode(v, sink),
-                None => Some(MonitorMode::Auto),
+            let xdp = match fields.get("xdp") {
+                Some(v) => monitor_mode(v, sink).map(Some),
+                None => Some(None),
             };
             fields.finish(sink, "the monitor", MONITOR, &[]);
             let iface = iface.filter(|i| match (topo, &node) {
@@ -482,7 +482,7 @@ fn read_accelerator(
             });
             AcceleratorKind::Monitor {
                 iface: iface?,
-                mode: mode?,
+                xdp: xdp?,
             }
         }
         other => {
@@ -502,7 +502,7 @@ fn read_accelerator(
 }
 
 fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {
-    let text = value::string(value, "`mode`", sink)?;
+    let text = value::string(value, "`xdp`", sink)?;
     match text.value.as_str() {
         "auto" => Some(MonitorMode::Auto),
         "native" => Some(MonitorMode::Native),
