@@ -24,6 +24,7 @@ fn variant(name: &str, rate: f64, p99: f64) -> VariantResults {
             (1.0, p99 * 2.0),
         ],
         cpu_busy: vec![0.5, 0.25],
+        ..VariantResults::default()
     }
 }
 
@@ -32,10 +33,13 @@ fn sample() -> (Report, Env) {
         "synthetic",
         7,
         true,
-        vec![
-            variant("clean", 10_000.0, 100.0),
-            variant("netem-1ms", 480.0, 2100.0),
-        ],
+        vec![variant("clean", 10_000.0, 100.0), {
+            // A variant with a monitor: per-CPU packet and softirq shares.
+            let mut v = variant("netem-1ms", 480.0, 2100.0);
+            v.cpu_packets = vec![0.125, 0.875];
+            v.cpu_softirq = vec![0.0625, 0.375];
+            v
+        }],
     );
     let env = Env {
         kernel: "6.1.0".to_owned(),

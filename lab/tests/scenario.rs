@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use lab::scenario::{self, AcceleratorKind, EventAction, Service, WorkloadKind, parse};
+use lab::scenario::{
+    self, AcceleratorKind, EventAction, MonitorMode, Service, WorkloadKind, parse,
+};
 use lab::topology::{Nanos, Severity};
 
 const TOPOLOGY: &str = r#"
@@ -226,7 +228,7 @@ fn everything_a_scenario_can_say() {
     let text = with(
         "request = 10\nresponse = 2000\nconnections = 4\nduration = \"3s\"\nfrom_cpus = [0, 1]\n\
          [[variants]]\nname = \"on\"\naccelerators = [{ kind = \"monitor\", node = \"b\", \
-         iface = \"eth0\", mode = \"generic\" }]\nimpair = { \"b:eth0\" = [{ loss = \"1%\" }, {}] }\n\
+         iface = \"eth0\", xdp = \"generic\" }]\nimpair = { \"b:eth0\" = [{ loss = \"1%\" }, {}] }\n\
          [deploy]\nb = [\"redis\", \"disgrafs-server\"]\n\
          [[workloads]]\nkind = \"udp_echo\"\nfrom = \"a\"\nto = \"b:7001\"\npps = 5000\nsize = 100\n\
          [[workloads]]\nkind = \"http\"\nfrom = \"a\"\nto = \"b:8080\"\nmethod = \"PUT\"\npath = \"/files\"\n\
@@ -251,7 +253,10 @@ fn everything_a_scenario_can_say() {
     );
     assert!(matches!(
         s.variants[1].accelerators[0].kind,
-        AcceleratorKind::Monitor { .. }
+        AcceleratorKind::Monitor {
+            xdp: Some(MonitorMode::Generic),
+            ..
+        }
     ));
     assert_eq!(
         s.variants[1].impair[0].impair[0].loss.map(|l| l.0),

@@ -254,12 +254,3 @@ pub(crate) fn pin_error(
     let path = path.to_owned();
     move |source| Error::Pin { path, source }
 }
-
-/// The map `name` of `object`, mutably.
-pub(crate) fn map_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    object: &'static str,
-    name: &'static str,
-) -> Result<&'a mut Map> {
-    ebpf.map_mut(name).ok_or(Error::WrongType { object, name })
-}

@@ -87,14 +87,19 @@ pub fn markdown(report: &Report, env: &Env) -> String {
                 .collect();
             let _ = writeln!(out, "| {} | {} |", i + 1, cells.join(" | "));
         }
-        if !variant.cpu_busy.is_empty() {
-            let shares: Vec<String> = variant
-                .cpu_busy
-                .iter()
-                .enumerate()
-                .map(|(cpu, share)| format!("cpu{cpu} {:.0} %", share * 100.0))
-                .collect();
-            let _ = writeln!(out, "\nCPU busy: {}", shares.join(", "));
+        for (what, shares) in [
+            ("CPU busy", &variant.cpu_busy),
+            ("CPU packets (monitor)", &variant.cpu_packets),
+            ("CPU NET_RX softirq (monitor)", &variant.cpu_softirq),
+        ] {
+            if !shares.is_empty() {
+                let shares: Vec<String> = shares
+                    .iter()
+                    .enumerate()
+                    .map(|(cpu, share)| format!("cpu{cpu} {:.0} %", share * 100.0))
+                    .collect();
+                let _ = writeln!(out, "\n{what}: {}", shares.join(", "));
+            }
         }
         out.push('\n');
     }

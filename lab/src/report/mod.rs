@@ -9,7 +9,9 @@
 //!   "variants": [ { "name": "clean",
 //!                   "repetitions": [ { "rr_per_s": 14000.0, "p99_us": 80.1 }, … ],
 //!                   "latency_cdf": [ [0.0, 50.2], …, [1.0, 310.0] ],   // (quantile, µs)
-//!                   "cpu_busy": [0.61, 0.58] }, … ],                  // mean share per CPU
+//!                   "cpu_busy": [0.61, 0.58],                  // mean busy share per CPU
+//!                   "cpu_packets": [0.02, 0.98],               // monitor: share of packets
+//!                   "cpu_softirq": [0.01, 0.35] }, … ],        // monitor: NET_RX time share
 //!   "ratios": { "netem-1ms": { "p99_us": { "ratio": 28.1, "ci_low": 27.0, "ci_high": 29.3 } } } }
 //! ```
 //!
@@ -17,6 +19,11 @@
 //! scenario's seeded schedule, or its beginning when the run was interrupted. Metric names end
 //! in their unit (`_us`, `_per_s`, `_bytes`, …); `ratios[variant][metric]`
 //! is mean(variant) / mean(first variant) over repetitions with a 95 % bootstrap interval.
+//! `cpu_packets` and `cpu_softirq` come from the variant's first monitor accelerator and are
+//! left out when it has none: each CPU's share of the packets received on the monitored
+//! interface, and the share of the window each CPU spent in NET_RX softirqs (cpumap and
+//! redirect work that /proc/softirqs misses shows up here and in `cpu_busy`, not in
+//! /proc/softirqs). Both are means over the variant's repetitions.
 
 mod env;
 mod markdown;
@@ -70,6 +77,13 @@ pub struct VariantResults {
     pub latency_cdf: Vec<(f64, f64)>,
     /// Mean busy share (0 to 1) of each CPU over the measured windows.
     pub cpu_busy: Vec<f64>,
+    /// Mean share (0 to 1) of the monitored packets received on each CPU (empty: no monitor).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_packets: Vec<f64>,
+    /// Mean share (0 to 1) of the window each CPU spent in NET_RX softirqs (empty: no
+    /// monitor).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_softirq: Vec<f64>,
 }
 
 impl VariantResults {

@@ -352,6 +352,10 @@ struct VariantRuns {
     metrics: Vec<BTreeMap<String, f64>>,
     /// Busy share of each CPU in each run.
     busy: Vec<Vec<f64>>,
+    /// Each CPU's share of the monitored packets in each run that had a monitor.
+    packets: Vec<Vec<f64>>,
+    /// Each CPU's NET_RX softirq share of each run that had a monitor.
+    softirq: Vec<Vec<f64>>,
     /// Latencies of all runs together.
     latency: Option<Histogram<u64>>,
 }
@@ -380,6 +384,12 @@ impl Results {
         let runs = &mut self.variants[slot.variant];
         runs.metrics.push(measured.metrics);
         runs.busy.push(measured.cpu_busy);
+        if !measured.cpu_packets.is_empty() {
+            runs.packets.push(measured.cpu_packets);
+        }
+        if !measured.cpu_softirq.is_empty() {
+            runs.softirq.push(measured.cpu_softirq);
+        }
         if let Some(h) = measured.latency {
             match &mut runs.latency {
                 // Histograms of one workload have the same bounds: adding cannot fail.
@@ -403,6 +413,8 @@ impl Results {
                     .as_ref()
                     .map_or_else(Vec::new, |h| latency_cdf(h, CDF_STEPS)),
                 cpu_busy: mean_shares(&runs.busy),
+                cpu_packets: mean_shares(&runs.packets),
+                cpu_softirq: mean_shares(&runs.softirq),
             })
             .collect();
         let mut report = Report::new(&scenario.name.value, scenario.seed, complete, variants);

@@ -49,6 +49,10 @@ pub(super) struct Measured {
     pub metrics: BTreeMap<String, f64>,
     /// Busy share of each CPU.
     pub cpu_busy: Vec<f64>,
+    /// Each CPU's share of the packets the first monitor counted (empty: no monitor).
+    pub cpu_packets: Vec<f64>,
+    /// Share of the window each CPU spent in NET_RX softirqs, from the first monitor.
+    pub cpu_softirq: Vec<f64>,
     /// Round-trip latencies of the first workload that measures them.
     pub latency: Option<Histogram<u64>>,
     /// A short summary for the progress line.
@@ -241,11 +245,25 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
         }
+        let (mut cpu_packets, mut cpu_softirq) = (Vec::new(), Vec::new());
+        let mut first_monitor = true;
         for (attached, before) in attached.iter().zip(&counters_before) {
             let label = &attached.label;
             match (before, attached.counters()?) {
                 (Counters::Monitor(before), Counters::Monitor(after)) => {
-                    self.monitor_metrics(label, before, &after, elapsed, &mut metrics);
+                    let xdp =
+                        matches!(&attached.handle, Handle::Monitor(m) if m.xdp_mode().is_some());
+                    let shares = self.monitor_metrics(
+                        label,
+                        &after.since(before),
+                        xdp,
+                        elapsed,
+                        &mut metrics,
+                    );
+                    if first_monitor {
+                        (cpu_packets, cpu_softirq) = shares;
+                        first_monitor = false;
+                    }
                 }
                 (Counters::SockRedirect(before), Counters::SockRedirect(after)) => {
                     super::sock_redirect::metrics(label, before, &after, &mut metrics);
@@ -265,6 +283,8 @@ impl<'a> Lab<'a> {
         Ok(Measured {
             metrics,
             cpu_busy,
+            cpu_packets,
+            cpu_softirq,
             latency,
             summary,
         })
@@ -348,7 +368,7 @@ impl<'a> Lab<'a> {
         for accelerator in &variant.accelerators {
             let node = &accelerator.node.value;
             match &accelerator.kind {
-                AcceleratorKind::Monitor { iface, mode } => {
+                AcceleratorKind::Monitor { iface, xdp } => {
                     let end = self
                         .ends
                         .iter()
@@ -360,12 +380,12 @@ impl<'a> Lab<'a> {
                                 variant.name.value, iface.value
                             )
                         })?;
-                    let mode = match mode {
+                    let xdp = xdp.map(|mode| match mode {
                         MonitorMode::Auto => accel::AttachMode::Auto,
                         MonitorMode::Native => accel::AttachMode::Native,
                         MonitorMode::Generic => accel::AttachMode::Generic,
-                    };
-                    let attach = || Monitor::attach(&end.dev, mode);
+                    });
+                    let attach = || Monitor::attach(&end.dev, xdp);
                     let monitor = match &end.ns {
                         Netns::Named(ns) => lab_netlink::Netns::open(ns)
                             .and_then(|ns| ns.run(attach))
@@ -438,40 +458,61 @@ impl<'a> Lab<'a> {
             })
     }
 
-    /// The monitor's counts over the window: per CPU (the CPUs `/proc/stat` lists), rates and
-    /// the Jain index of frames over CPUs.
+    /// The monitor's counts over the window (`delta`): per CPU (the CPUs `/proc/stat`
+    /// lists), totals and rates (XDP frames with `xdp`), the Jain index of packets over CPUs.
+    /// Returns each CPU's share
+    /// of the packets and the share of the window it spent in NET_RX softirqs.
     fn monitor_metrics(
         &self,
         label: &str,
-        before: &Stats,
-        after: &Stats,
+        delta: &Stats,
+        xdp: bool,
         elapsed: Duration,
         metrics: &mut BTreeMap<String, f64>,
-    ) {
-        let mut frames = Vec::new();
-        let (mut total_frames, mut total_bytes, mut total_skb) = (0, 0, 0);
-        for cpu in after.per_cpu.iter().take(self.cpus) {
-            let was = before
-                .per_cpu
-                .iter()
-                .find(|c| c.cpu == cpu.cpu)
-                .map(|c| c.counters)
-                .unwrap_or_default();
-            let now = cpu.counters;
-            let f = now.xdp_frames.saturating_sub(was.xdp_frames);
-            total_frames += f;
-            total_bytes += now.xdp_bytes.saturating_sub(was.xdp_bytes);
-            total_skb += now.netif_receive_skb.saturating_sub(was.netif_receive_skb);
-            metrics.insert(format!("{label}.cpu{}_xdp_frames", cpu.cpu), f as f64);
-            frames.push(f as f64);
+    ) -> (Vec<f64>, Vec<f64>) {
+        let listed = Stats {
+            iface: delta.iface.clone(),
+            per_cpu: delta.per_cpu.iter().take(self.cpus).copied().collect(),
+        };
+        let (cpus, total) = (&listed.per_cpu, listed.total());
+        let packets: Vec<f64> = cpus.iter().map(|c| c.counters.rx_packets as f64).collect();
+        let softirq: Vec<f64> = cpus
+            .iter()
+            .map(|c| c.counters.net_rx_softirq_ns as f64 / 1e9 / elapsed.as_secs_f64())
+            .collect();
+        for (cpu, (p, s)) in cpus.iter().zip(packets.iter().zip(&softirq)) {
+            metrics.insert(format!("{label}.cpu{}_rx_packets", cpu.cpu), *p);
+            metrics.insert(format!("{label}.cpu{}_net_rx_share", cpu.cpu), *s);
         }
         let rate = |n: u64| per_second(n as f64, elapsed);
-        metrics.insert(format!("{label}.xdp_frames_per_s"), rate(total_frames));
-        metrics.insert(format!("{label}.xdp_bytes_per_s"), rate(total_bytes));
-        metrics.insert(format!("{label}.netif_receive_skb_per_s"), rate(total_skb));
-        if let Some(j) = jain(&frames) {
-            metrics.insert(format!("{label}.xdp_jain"), j);
+        metrics.insert(format!("{label}.rx_packets_per_s"), rate(total.rx_packets));
+        metrics.insert(format!("{label}.rx_bytes_per_s"), rate(total.rx_bytes));
+        metrics.insert(
+            format!("{label}.net_rx_softirq_s"),
+            total.net_rx_softirq_ns as f64 / 1e9,
+        );
+        metrics.insert(
+            format!("{label}.tcp_retransmits"),
+            total.tcp_retransmits as f64,
+        );
+        metrics.insert(format!("{label}.xdp_redirects"), total.xdp_redirects as f64);
+        metrics.insert(
+            format!("{label}.cpumap_packets"),
+            total.cpumap_packets as f64,
+        );
+        if xdp {
+            metrics.insert(format!("{label}.xdp_frames_per_s"), rate(total.xdp_frames));
         }
+        if let Some(j) = jain(&packets) {
+            metrics.insert(format!("{label}.rx_jain"), j);
+        }
+        let sum: f64 = packets.iter().sum();
+        let shares = if sum > 0.0 {
+            packets.iter().map(|p| p / sum).collect()
+        } else {
+            Vec::new()
+        };
+        (shares, softirq)
     }
 
     /// The TCP counters summed over every namespace a TCP workload runs in (retransmits count

@@ -23,7 +23,7 @@
 //! [[variants]]
 //! name = "netem-1ms"
 //! impair = { "client:eth0" = { delay = "1ms" } }
-//! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", mode = "auto" }]
+//! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", xdp = "auto" }]
 //! # or { kind = "sock_redirect", node = "server", ports = [5201], min_size = 1024 }:
 //! # same-host TCP of these ports redirected; `min_size` is the gate's small-message bound
 //! # (default 1024, 0 = no gate)
@@ -147,12 +147,13 @@ pub struct Accelerator {
 /// The accelerators a scenario can attach, with their settings.
 #[derive(Clone, Debug)]
 pub enum AcceleratorKind {
-    /// Per-CPU packet counters on an interface (`accel::monitor`).
+    /// Per-CPU kernel counters scoped to an interface (`accel::monitor`).
     Monitor {
         /// The interface, one of the node's link ends.
         iface: Spanned<String>,
-        /// How the XDP program is attached.
-        mode: MonitorMode,
+        /// The opt-in XDP frame counter on the interface and its mode (`xdp = "auto"`);
+        /// `None`: tracepoints only.
+        xdp: Option<MonitorMode>,
     },
     /// Same-host TCP socket redirect (`accel::sock_redirect`). Its sock_ops program is
     /// attached to a cgroup the runner's own process joins for the window, so it covers the
@@ -181,7 +182,7 @@ pub enum AcceleratorKind {
     },
 }
 
-/// XDP attach mode of the monitor.
+/// XDP attach mode of the monitor's opt-in XDP counter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MonitorMode {
     /// Native when the driver supports it, else generic.

@@ -29,7 +29,7 @@ const TOP: &[&str] = &[
     "events",
 ];
 const VARIANT: &[&str] = &["name", "accelerators", "impair"];
-const MONITOR: &[&str] = &["kind", "node", "iface", "mode"];
+const MONITOR: &[&str] = &["kind", "node", "iface", "xdp"];
 const SOCK_REDIRECT: &[&str] = &["kind", "node", "ports", "min_size"];
 /// Ports one socket redirect can scope (its port map's size).
 const REDIRECT_PORTS: RangeInclusive<usize> = 1..=accel::sock_redirect::MAX_PORTS as usize;
@@ -487,9 +487,9 @@ fn read_accelerator(
                 missing(sink, fields.span, "the monitor needs `iface`")
                     .help("name the interface to count packets on, like `iface = \"eth0\"`");
             }
-            let mode = match fields.get("mode") {
-                Some(v) => monitor_mode(v, sink),
-                None => Some(MonitorMode::Auto),
+            let xdp = match fields.get("xdp") {
+                Some(v) => monitor_mode(v, sink).map(Some),
+                None => Some(None),
             };
             fields.finish(sink, "the monitor", MONITOR, &[]);
             let iface = iface.filter(|i| match (topo, &node) {
@@ -498,7 +498,7 @@ fn read_accelerator(
             });
             AcceleratorKind::Monitor {
                 iface: iface?,
-                mode: mode?,
+                xdp: xdp?,
             }
         }
         "sock_redirect" => {
@@ -753,7 +753,7 @@ fn read_rps(
 }
 
 fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {
-    let text = value::string(value, "`mode`", sink)?;
+    let text = value::string(value, "`xdp`", sink)?;
     match text.value.as_str() {
         "auto" => Some(MonitorMode::Auto),
         "native" => Some(MonitorMode::Native),
