@@ -8,7 +8,8 @@
 //! 3. Warm up: every workload runs, unmeasured, for the scenario's `warmup`.
 //! 4. For each run of the seeded schedule ([`crate::scenario::schedule`]): put the links the
 //!    scenario changes into the variant's state, attach its accelerators (from a thread inside
-//!    the node's namespace), read the counters, run every workload together over the window
+//!    the node's namespace; the socket redirect to a cgroup the whole runner joins, see
+//!    `run/sock_redirect.rs`), read the counters, run every workload together over the window
 //!    while a timer thread fires the events, read the counters again, detach.
 //! 5. Build the [`Report`] from every run's metrics and write it with [`Env`] into the output
 //!    directory; take the lab down.

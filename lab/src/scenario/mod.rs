@@ -37,9 +37,9 @@
 //! size = 64                            # tcp_rr: request = response = size (or `request`,
 //!                                      # `response`); `connections` (default 1)
 //! duration = "5s"                      # default: `window`
-//! start = "0s"                         # default 0: when it starts in each measured run (a
-//!                                      # workload that runs alone gets its own process CPU
-//!                                      # metrics; warm-up starts all at once)
+//! start = "0s"                         # default 0: when it starts in each measured run
+//!                                      # (warm-up starts all at once); its process_cpu_*
+//!                                      # metrics are its own only while it runs alone
 //! from_cpus = [0]                      # CPUs for the client's threads (default: any)
 //! to_cpus = [1]                        # CPUs for the server's threads
 //! # tcp_stream: message (default 131072), write (default = message), connections
