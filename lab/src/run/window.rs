@@ -69,7 +69,7 @@ enum Attached {
         label: String,
         monitor: Monitor,
     },
-    CpuBalance(Balancer),
+    CpuBalance(Box<Balancer>),
     Rps {
         /// Restores the previous masks when dropped.
         _restore: Rps,
@@ -361,7 +361,7 @@ impl<'a> Lab<'a> {
                     let [end, peer] = self.link_of(variant, node, &iface.value)?;
                     let balancer = Balancer::attach(end, peer, weights)
                         .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
-                    attached.push(Attached::CpuBalance(balancer));
+                    attached.push(Attached::CpuBalance(Box::new(balancer)));
                 }
                 AcceleratorKind::Rps { iface, cpus } => {
                     let [end, _] = self.link_of(variant, node, &iface.value)?;
