@@ -56,6 +56,10 @@ pub const ACCELERATOR: &str = "cpu_balance";
 pub const QUEUE_SIZE: u32 = 2048;
 /// The largest weight accepted.
 pub const MAX_WEIGHT: u32 = 1 << 16;
+/// Nice value of the cpumap's kernel threads (`cpumap/CPU/map:ID`). Their queues are drained
+/// by ordinary threads, not in softirq like RPS's backlog: at the default nice 0 a CPU busy
+/// with many runnable threads starves them, the queue overflows and frames are lost.
+pub const KTHREAD_NICE: i32 = -20;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_balance"));
 
@@ -448,10 +452,19 @@ impl Maps {
             )));
         }
         let old = self.current_weights()?;
-        for (cpu, _) in weights.iter().filter(|(cpu, _)| old[*cpu as usize] == 0) {
+        let added: Vec<u32> = weights
+            .iter()
+            .map(|(cpu, _)| cpu)
+            .filter(|cpu| old[*cpu as usize] == 0)
+            .collect();
+        for &cpu in &added {
             self.cpus
                 .set(cpu, QUEUE_SIZE, Some(landed), 0)
                 .map_err(cpumap_error(cpu))?;
+        }
+        if !added.is_empty() {
+            let id = self.cpus.map().info().map_err(map_error(CPUS_MAP))?.id();
+            renice_kthreads(id, &added)?;
         }
         // Slots of CPUs outside the old set (all of them in a fresh table of zeros) are free.
         let current: Vec<u32> = self
@@ -558,6 +571,64 @@ fn sum_per_cpu<T: Borrow<MapData>>(
             Ok(values.iter().sum())
         })
         .collect()
+}
+
+/// Gives the kernel threads of cpumap `map_id`'s entries for `cpus` the nice value
+/// [`KTHREAD_NICE`]. They are found by name in `/proc`; kernels before 5.17 cut the names to
+/// 15 bytes, so there a thread of another cpumap whose id starts alike may be reniced too.
+fn renice_kthreads(map_id: u32, cpus: &[u32]) -> Result<()> {
+    let proc_error = |source| Error::Io {
+        path: PathBuf::from("/proc"),
+        source,
+    };
+    let names: Vec<String> = cpus
+        .iter()
+        .map(|cpu| format!("cpumap/{cpu}/map:{map_id}"))
+        .collect();
+    let mut found = 0;
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(proc_error)? {
+        let entry = entry.map_err(proc_error)?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end();
+        // Kernels before 5.17 show a kernel thread's name cut to 15 bytes.
+        if !names
+            .iter()
+            .any(|n| n == comm || (comm.len() == 15 && n.starts_with(comm)))
+        {
+            if comm.starts_with("cpumap") {
+                seen.push(comm.to_owned());
+            }
+            continue;
+        }
+        // SAFETY: setpriority(2) on a thread id; no memory is passed.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, KTHREAD_NICE) } != 0 {
+            return Err(Error::Io {
+                path: PathBuf::from(format!("setpriority of cpumap kthread {pid}")),
+                source: io::Error::last_os_error(),
+            });
+        }
+        found += 1;
+    }
+    if found < cpus.len() {
+        return Err(config(format!(
+            "found {found} of the {} cpumap kernel threads ({}) in /proc; other cpumap \
+             threads: [{}]",
+            cpus.len(),
+            names.join(", "),
+            seen.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// `BPF_MAP_DELETE_ELEM` on a map keyed by `u32` (aya 0.14's cpumap has no remove); a key

@@ -395,3 +395,48 @@ fn cli_attach_weights_stats_detach_through_pins() -> anyhow::Result<()> {
     assert_eq!(gone.status.code(), Some(1), "{gone:?}");
     Ok(())
 }
+
+/// Nice values of the running threads named `cpumap/CPU/map:...` (the kernel cuts the name).
+fn cpumap_kthread_nices() -> anyhow::Result<Vec<(String, i64)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let path = entry?.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ... ; nice is field 19, the 17th after the comm.
+        let Some((head, tail)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        if !comm.starts_with("cpumap/") {
+            continue;
+        }
+        let nice: i64 = tail.split(' ').nth(16).context("short stat")?.parse()?;
+        found.push((comm.to_owned(), nice));
+    }
+    Ok(found)
+}
+
+#[test]
+fn cpumap_threads_of_the_set_run_at_high_priority() -> anyhow::Result<()> {
+    require_two_cpus()?;
+    let (ns, a, _b) = veth_lab()?;
+    let weights = Weights::equal([0, 1])?;
+    let balance = ns.run(|| CpuBalance::attach(&a, AttachMode::Auto, &weights))??;
+    let ids = balance.program_ids()?;
+    ensure!(!ids.is_empty());
+    let nices = cpumap_kthread_nices()?;
+    for cpu in [0, 1] {
+        let prefix = format!("cpumap/{cpu}/");
+        ensure!(
+            nices
+                .iter()
+                .any(|(c, n)| c.starts_with(&prefix) && *n == i64::from(cpu_balance::KTHREAD_NICE)),
+            "no cpumap thread of CPU {cpu} at nice {}: {nices:?}",
+            cpu_balance::KTHREAD_NICE
+        );
+    }
+    drop(balance);
+    Ok(())
+}
