@@ -674,3 +674,29 @@ fn cpumap_redirects_and_kthread_work_are_counted_on_the_target_cpu() -> anyhow::
     );
     Ok(())
 }
+
+#[test]
+fn the_raw_tp_fallback_counts_unscoped_and_detaches() -> anyhow::Result<()> {
+    let (ns, a, b) = veth_lab()?;
+    let frame = test_frame();
+    let monitor = ns.run(|| Monitor::attach_raw_tp(&a, None))??;
+    assert_eq!(monitor.flavour(), Flavour::RawTp);
+    assert!(
+        !monitor.scoped(),
+        "no offsets without BTF: every interface counts"
+    );
+    let ours: BTreeSet<u32> = monitor.program_ids()?.into_iter().collect();
+    assert!(ours.len() >= REQUIRED_TRACEPOINTS, "{ours:?}");
+    let before = monitor.stats()?;
+    ns.run(|| testkit::send_frames(&b, &frame, FRAMES))??;
+    let delta = wait_for(
+        || Ok(monitor.stats()?.since(&before).total()),
+        |c| c.rx_packets >= FRAMES as u64,
+    )?;
+    assert!(delta.rx_packets >= FRAMES as u64, "{delta:?}");
+    assert_eq!(delta.rx_bytes, 0, "no skb->len offset without BTF");
+    assert!(delta.net_rx_softirqs >= 1, "{delta:?}");
+    drop(monitor);
+    wait_released(&ours)?;
+    Ok(())
+}
