@@ -147,13 +147,26 @@ fn runs_a_scenario_end_to_end() -> anyhow::Result<()> {
         ensure!(variant.values("tcp_rr.rr_per_s").iter().all(|v| *v > 0.0));
         ensure!(!variant.latency_cdf.is_empty() && !variant.cpu_busy.is_empty());
     }
-    // The monitor counted the frames b received, and only while attached.
-    let frames = "monitor.b-eth0.xdp_frames_per_s";
-    ensure!(report.variants[0].values(frames).is_empty());
+    // The monitor counted the packets b received, and only while attached; the report has
+    // its per-CPU packet and softirq shares next to the busy shares.
+    let packets = "monitor.b-eth0.rx_packets_per_s";
+    ensure!(report.variants[0].values(packets).is_empty());
     ensure!(
-        report.variants[1].values(frames).iter().all(|v| *v > 0.0),
+        report.variants[1].values(packets).iter().all(|v| *v > 0.0),
         "{:?}",
-        report.variants[1].values(frames)
+        report.variants[1].values(packets)
+    );
+    ensure!(report.variants[0].cpu_packets.is_empty());
+    let shares = &report.variants[1].cpu_packets;
+    ensure!(
+        shares.len() == report.variants[1].cpu_busy.len()
+            && (shares.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+        "{shares:?}"
+    );
+    ensure!(
+        report.variants[1].cpu_softirq.iter().any(|s| *s > 0.0),
+        "{:?}",
+        report.variants[1].cpu_softirq
     );
     let ratios = &report.ratios["monitor"];
     ensure!(ratios.contains_key("tcp_rr.rr_per_s"), "{ratios:?}");

@@ -283,6 +283,16 @@ impl Monitor {
     /// calling thread's network namespace; with `xdp`, also the XDP frame counter on `iface`
     /// in that mode.
     pub fn attach(iface: &str, xdp: Option<AttachMode>) -> Result<Self> {
+        Self::attach_as(iface, xdp, Flavour::TpBtf)
+    }
+
+    /// Attaches like [`Monitor::attach`] but with raw_tp programs even where the kernel has
+    /// BTF: what kernels without BTF get (packet counts unscoped, no bytes).
+    pub fn attach_raw_tp(iface: &str, xdp: Option<AttachMode>) -> Result<Self> {
+        Self::attach_as(iface, xdp, Flavour::RawTp)
+    }
+
+    fn attach_as(iface: &str, xdp: Option<AttachMode>, wanted: Flavour) -> Result<Self> {
         let ifindex = object::ifindex(iface).ok_or_else(|| Error::NoInterface(iface.to_owned()))?;
         let netns = fs::metadata("/proc/thread-self/ns/net")
             .map_err(Error::io("/proc/thread-self/ns/net"))?
@@ -290,7 +300,9 @@ impl Monitor {
         let mut ebpf = object::load(ACCELERATOR, OBJECT)?;
 
         // Both BTF readers must work for tp_btf and the scope offsets; otherwise raw_tp.
-        let btf = Btf::from_sys_fs().ok().zip(KernelBtf::from_sys_fs().ok());
+        let btf = (wanted == Flavour::TpBtf)
+            .then(|| Btf::from_sys_fs().ok().zip(KernelBtf::from_sys_fs().ok()))
+            .flatten();
         let (flavour, config) = match &btf {
             Some((_, kernel)) => (Flavour::TpBtf, scoped_config(kernel, ifindex, netns)),
             None => (Flavour::RawTp, Config::UNSCOPED),

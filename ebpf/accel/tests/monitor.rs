@@ -632,3 +632,71 @@ fn watch_serves_prometheus_metrics_that_parse_and_shows_rates() -> anyhow::Resul
     )?;
     Ok(())
 }
+
+#[test]
+fn cpumap_redirects_and_kthread_work_are_counted_on_the_target_cpu() -> anyhow::Result<()> {
+    use accel::cpu_balance::{CpuBalance, Weights};
+    let cpus = usable_cpus();
+    ensure!(cpus.len() == 2, "needs two CPUs, has {cpus:?}");
+    let (ns, a, b) = veth_lab()?;
+    // Every flow to CPU 1: the cpumap kthread there builds the skbs.
+    let weights = Weights::new([(1, 1)])?;
+    let frame = {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [0xff; 6])
+            .ipv4([10, 202, 0, 2], [10, 202, 0, 1], 64)
+            .udp(40000, 9)
+            .write(&mut frame, b"monitor")?;
+        frame
+    };
+    let delta = ns.run(|| -> anyhow::Result<_> {
+        let _balance = CpuBalance::attach(&a, AttachMode::Native, &weights)?;
+        let monitor = Monitor::attach(&a, None)?;
+        let before = monitor.stats()?;
+        pin_to_cpu(cpus[0])?;
+        testkit::send_frames(&b, &frame, FRAMES)?;
+        wait_for(
+            || Ok(monitor.stats()?.since(&before).total()),
+            |c| c.rx_packets >= FRAMES as u64,
+        )?;
+        thread::sleep(Duration::from_millis(200));
+        Ok(monitor.stats()?.since(&before))
+    })??;
+    let total = delta.total();
+    assert_eq!(total.xdp_redirects, FRAMES as u64, "{delta:?}");
+    assert_eq!(total.xdp_redirect_errors, 0, "{delta:?}");
+    assert_eq!(total.cpumap_packets, FRAMES as u64, "{delta:?}");
+    let on_1 = delta.per_cpu[1].counters;
+    assert!(on_1.cpumap_batches >= 1, "{delta:?}");
+    assert_eq!(
+        on_1.rx_packets, FRAMES as u64,
+        "received on CPU 1: {delta:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_raw_tp_fallback_counts_unscoped_and_detaches() -> anyhow::Result<()> {
+    let (ns, a, b) = veth_lab()?;
+    let frame = test_frame();
+    let monitor = ns.run(|| Monitor::attach_raw_tp(&a, None))??;
+    assert_eq!(monitor.flavour(), Flavour::RawTp);
+    assert!(
+        !monitor.scoped(),
+        "no offsets without BTF: every interface counts"
+    );
+    let ours: BTreeSet<u32> = monitor.program_ids()?.into_iter().collect();
+    assert!(ours.len() >= REQUIRED_TRACEPOINTS, "{ours:?}");
+    let before = monitor.stats()?;
+    ns.run(|| testkit::send_frames(&b, &frame, FRAMES))??;
+    let delta = wait_for(
+        || Ok(monitor.stats()?.since(&before).total()),
+        |c| c.rx_packets >= FRAMES as u64,
+    )?;
+    assert!(delta.rx_packets >= FRAMES as u64, "{delta:?}");
+    assert_eq!(delta.rx_bytes, 0, "no skb->len offset without BTF");
+    assert!(delta.net_rx_softirqs >= 1, "{delta:?}");
+    drop(monitor);
+    wait_released(&ours)?;
+    Ok(())
+}
