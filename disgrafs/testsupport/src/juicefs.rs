@@ -4,7 +4,7 @@
 //! The mount runs in the foreground (no `-d`): the process is ours, its output goes to a log
 //! file (never to a pipe someone waits on), readiness is the mount appearing in
 //! `/proc/self/mountinfo`, and every wait has a deadline. `-d` would leave a daemon that is
-//! nobody's child, and one that outlives its Redis retries forever and ignores SIGTERM.
+//! nobody's child, and one that outlives its Redis retries it until killed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
