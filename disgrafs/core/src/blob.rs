@@ -37,6 +37,24 @@ pub trait BlobStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// Removes `name`; returns whether it existed.
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// Every stored file (not the temporary files of uploads in progress), in no order.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<BlobInfo>>>;
+
+    /// Reads `name` whole: its size, SHA-256 and first bytes, as [`BlobStore::write`] reports
+    /// them for an upload, and its modification time.
+    fn digest<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(Written, SystemTime)>>;
+}
+
+/// A stored file as listed by [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The file name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time.
+    pub modified: SystemTime,
 }
 
 /// What was received by [`BlobStore::write`].
@@ -239,6 +257,68 @@ impl LocalDirBlobStore {
     }
 }
 
+impl LocalDirBlobStore {
+    fn list_blocking(root: &Path) -> Result<Vec<BlobInfo>> {
+        let entries = std::fs::read_dir(root)
+            .map_err(|e| Error::io(format!("listing {}", root.display()), e))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("listing {}", root.display()), e))?;
+            // Names that are not valid file names (temporary files, strays) are not files of
+            // the store.
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if validate_name(&name).is_err() {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(meta) if meta.is_file() => meta,
+                Ok(_) => continue,
+                // Removed since it was listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::io(format!("reading metadata of {name}"), e));
+                }
+            };
+            found.push(BlobInfo {
+                name,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+        Ok(found)
+    }
+
+    async fn digest_inner(&self, name: &str) -> Result<(Written, SystemTime)> {
+        let mut blob = self.open_inner(name).await?;
+        let mut hasher = Sha256::new();
+        let mut head = Vec::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut blob.file, &mut buf)
+                .await
+                .map_err(|e| Error::io(format!("reading {name}"), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if head.len() < HEAD_BYTES {
+                let take = (HEAD_BYTES - head.len()).min(n);
+                head.extend_from_slice(&buf[..take]);
+            }
+            size += n as u64;
+        }
+        let written = Written {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            head,
+        };
+        Ok((written, blob.modified))
+    }
+}
+
 impl BlobStore for LocalDirBlobStore {
     fn write<'a>(
         &'a self,
@@ -255,6 +335,19 @@ impl BlobStore for LocalDirBlobStore {
 
     fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(self.remove_inner(name))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<BlobInfo>>> {
+        let root = self.root.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || Self::list_blocking(&root))
+                .await
+                .map_err(|e| Error::Unavailable(format!("listing task failed: {e}")))?
+        })
+    }
+
+    fn digest<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(Written, SystemTime)>> {
+        Box::pin(self.digest_inner(name))
     }
 }
 
@@ -327,6 +420,35 @@ mod tests {
             .unwrap();
         drop(pending);
         assert!(visible_entries(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn lists_and_digests_stored_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirBlobStore::new(dir.path()).unwrap();
+        let pending = store
+            .write("kept.txt", body(vec![Ok(Bytes::from_static(b"kept"))]), 100)
+            .await
+            .unwrap();
+        let committed = pending.commit().await.unwrap();
+        // An upload in progress, a directory and a file written behind the store's back.
+        let _in_progress = store
+            .write("busy", body(vec![Ok(Bytes::from_static(b"..."))]), 100)
+            .await
+            .unwrap();
+        std::fs::create_dir(dir.path().join("subdir")).unwrap();
+        std::fs::write(dir.path().join("outside.bin"), [0u8, 1, 2]).unwrap();
+        let mut listed = store.list().await.unwrap();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<(&str, u64)> = listed.iter().map(|b| (b.name.as_str(), b.size)).collect();
+        assert_eq!(names, [("kept.txt", 4), ("outside.bin", 3)]);
+        let (digest, modified) = store.digest("kept.txt").await.unwrap();
+        assert_eq!(digest, committed);
+        assert_eq!(modified, listed[0].modified);
+        assert!(matches!(
+            store.digest("gone").await,
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[tokio::test]

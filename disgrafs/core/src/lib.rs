@@ -19,7 +19,7 @@ mod redis_queue;
 pub mod tagger;
 pub mod worker;
 
-pub use blob::{Blob, BlobStore, LocalDirBlobStore, PendingBlob, Written};
+pub use blob::{Blob, BlobInfo, BlobStore, LocalDirBlobStore, PendingBlob, Written};
 pub use error::{Error, Result};
 pub use falkordb::FalkorGraphStore;
 pub use graph::{GraphStore, SqliteGraphStore};

@@ -12,6 +12,7 @@ mod http_util;
 mod metrics;
 mod openapi;
 mod outbox;
+mod reconcile;
 mod web;
 mod worker;
 
@@ -119,7 +120,8 @@ impl Running {
 }
 
 /// Opens the stores, binds the listener and starts serving, tagging (in-process workers) and
-/// the outbox replay (which also re-queues files not yet tagged).
+/// the outbox replay (which also re-queues files not yet tagged and records stored files the
+/// graph does not know).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     anyhow::ensure!(!config.token.is_empty(), "the write token is empty");
     let files = config.data.join("files");

@@ -115,16 +115,24 @@ pub(crate) async fn index(state: &AppState, meta: FileMeta) -> Result<()> {
     state.queue.enqueue(job).await
 }
 
-/// Replays the outbox every [`RETRY`] while both backends answer; first re-queues the files
-/// that the graph store lists as untagged (jobs lost with a restart of the embedded queue, or
-/// never queued because the server stopped in between), once the graph store answers.
+/// Replays the outbox every [`RETRY`] while both backends answer. First, once the backends
+/// answer: re-queues the files that the graph store lists as untagged (jobs lost with a
+/// restart of the embedded queue, or never queued because the server stopped in between),
+/// then records the stored files the graph does not know ([`crate::reconcile`]).
 pub(crate) async fn run(state: Arc<AppState>) {
     let mut requeued = false;
+    let mut reconciled = false;
     loop {
         if !requeued {
             match requeue_untagged(&state).await {
                 Ok(()) => requeued = true,
                 Err(e) => tracing::warn!("re-queueing untagged files: {e}"),
+            }
+        }
+        if requeued && !reconciled {
+            match crate::reconcile::run(&state).await {
+                Ok(_) => reconciled = true,
+                Err(e) => tracing::warn!("reconciling stored files with the graph: {e}"),
             }
         }
         if let Err(e) = replay(&state).await {

@@ -781,6 +781,96 @@ async fn untagged_files_are_tagged_after_a_restart() {
     );
 }
 
+/// Files on disk that the graph does not describe — never recorded (a crash between the
+/// rename and the graph write), or replaced after their record was written — are recorded
+/// with their real size and hash and tagged at start; matching records are left alone.
+#[tokio::test]
+async fn startup_records_and_tags_files_the_graph_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let graph_path = dir.path().join("graph.sqlite");
+    let graph = disgrafs_core::SqliteGraphStore::open(&graph_path).unwrap();
+    let record = |name: &str, content: &[u8], uploaded: i64| disgrafs_core::FileMeta {
+        name: name.to_owned(),
+        size: content.len() as u64,
+        sha256: sha256_hex(content),
+        kind: disgrafs_core::FileKind::Text,
+        uploaded,
+    };
+    // Consistent: recorded after it was written (and tagged, so nothing re-queues it).
+    let kept = b"kept content kept";
+    std::fs::write(files.join("kept.txt"), kept).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    disgrafs_core::GraphStore::upsert_file(&graph, record("kept.txt", kept, now + 1))
+        .await
+        .unwrap();
+    disgrafs_core::GraphStore::set_tags(
+        &graph,
+        "kept.txt",
+        &sha256_hex(kept),
+        vec![disgrafs_core::Tag::new("original", 1.0)],
+    )
+    .await
+    .unwrap();
+    // Replaced: the record describes older content of the same size.
+    let old = b"older words here";
+    let new = b"zebra zebra giraffe";
+    disgrafs_core::GraphStore::upsert_file(&graph, record("swapped.txt", old, now - 100))
+        .await
+        .unwrap();
+    std::fs::write(files.join("swapped.txt"), new).unwrap();
+    drop(graph);
+    // Never recorded, and a temporary file of an upload that was in progress.
+    let orphan = "orphaned orphaned crash recovery".as_bytes();
+    std::fs::write(files.join("orphan.txt"), orphan).unwrap();
+    std::fs::write(files.join(".disgrafs-tmp-1-1"), b"partial").unwrap();
+
+    let server = TestServer::start_in(dir, 1024).await;
+    // Reconciliation runs in the background once the server serves.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.get_json("/api/files/orphan.txt/tags").await.0 != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphan.txt never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut orphan_tags = server.wait_for_tags("orphan.txt").await;
+    assert_eq!(orphan_tags[0], "orphaned", "{orphan_tags:?}");
+    orphan_tags.sort();
+    assert_eq!(orphan_tags, ["crash", "orphaned", "recovery"]);
+    assert_eq!(
+        server.wait_for_tags("swapped.txt").await,
+        ["zebra", "giraffe"]
+    );
+    let (status, page) = server.get_json("/api/search").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let by_name = |name: &str| {
+        page["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {page}"))
+            .clone()
+    };
+    assert_eq!(page["total"], 3, "{page}");
+    assert_eq!(by_name("orphan.txt")["sha256"], sha256_hex(orphan));
+    assert_eq!(by_name("orphan.txt")["size"], orphan.len());
+    assert_eq!(by_name("orphan.txt")["kind"], "text");
+    assert_eq!(by_name("swapped.txt")["sha256"], sha256_hex(new));
+    assert_eq!(by_name("kept.txt")["uploaded"], now + 1);
+    assert_eq!(server.wait_for_tags("kept.txt").await, vec!["original"]);
+    assert_eq!(
+        entries(&server.files_dir()),
+        ["kept.txt", "orphan.txt", "swapped.txt"]
+    );
+}
+
 /// The real binary: CLI flags, the token from the environment, the limit, and a clear error
 /// without a token.
 #[tokio::test]

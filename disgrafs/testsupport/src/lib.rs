@@ -1,9 +1,11 @@
 //! Real service processes for DisGraFS tests: Redis and FalkorDB, each on 127.0.0.1 with a
-//! free port and its own temporary directory.
+//! free port and its own temporary directory, and a FUSE-mounted JuiceFS volume ([`JuiceFs`]).
 //!
 //! Every handle stops what it started when dropped (also when a test panics): servers are
-//! killed and reaped. FalkorDB is looked up under the directory that `./setup` installs it to,
-//! `/opt/disgrafs-lab`, or under `$DISGRAFS_LAB_TOOLS`.
+//! killed and reaped, mounts unmounted. FalkorDB and JuiceFS are looked up under the directory
+//! that `./setup` installs them to, `/opt/disgrafs-lab`, or under `$DISGRAFS_LAB_TOOLS`.
+
+mod juicefs;
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -13,10 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub use juicefs::{JuiceFs, Unmounted, juicefs_bin, mount_type};
+
 /// How long a started service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The directory holding `bin/falkordb-server` and `lib/falkordb.so`.
+/// The directory holding `bin/falkordb-server`, `bin/juicefs` and `lib/falkordb.so`.
 pub fn tools_dir() -> PathBuf {
     std::env::var_os("DISGRAFS_LAB_TOOLS")
         .filter(|dir| !dir.is_empty())
@@ -186,7 +190,7 @@ fn ping(port: u16) -> bool {
 }
 
 /// The last lines of a log file, for error messages.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(8);

@@ -11,7 +11,7 @@ use lofty::tag::Accessor;
 use crate::{Error, Result, Tag};
 
 /// A coarse duration label: seconds under a minute, then minutes, then hours (rounded down).
-fn duration_label(duration: Duration) -> String {
+pub(crate) fn duration_label(duration: Duration) -> String {
     let secs = duration.as_secs();
     match secs {
         0..60 => format!("{secs}s"),

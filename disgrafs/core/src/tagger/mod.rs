@@ -7,6 +7,7 @@ pub mod audio;
 pub mod image;
 pub mod pdf;
 pub mod text;
+pub mod video;
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -93,7 +94,8 @@ pub fn tag_file<R: Read + Seek>(
         FileKind::Pdf => tags.extend(pdf::tag(&read_all(reader)?, config.top_n)?),
         FileKind::Image => tags = image::tag(&read_all(reader)?, config.top_n)?,
         FileKind::Audio => tags.extend(audio::tag(reader)?),
-        FileKind::Video | FileKind::Other => {}
+        FileKind::Video => tags.extend(video::tag(reader)?),
+        FileKind::Other => {}
     }
     dedup(&mut tags);
     Ok(tags)
