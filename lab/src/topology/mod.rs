@@ -17,6 +17,11 @@
 //! forwarding = false                 # true: IPv4 and IPv6 forwarding (a router)
 //! routes = [{ to = "default", via = "10.77.0.2" }]
 //! exec = ["sysctl -w net.core.somaxconn=4096"]   # run with `sh -c` once wired
+//! [nodes.server]
+//! kind = "vm"                        # a QEMU VM (see `crate::node::vm`)
+//! kernel = "6.12"                    # from vm-images/kernels.toml (default 6.12)
+//! cpus = 1                           # default 1
+//! memory = 512                       # MiB, default 512
 //! [[links]]
 //! endpoints = ["client:eth0", "server:eth0"]
 //! addresses = ["10.77.0.1/24", ["10.77.0.2/24", "fd77::2/64"]]  # one entry per end that is

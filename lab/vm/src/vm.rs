@@ -766,6 +766,10 @@ mod tests {
     fn qemu_command_line_has_the_essentials() {
         let mut config = VmConfig::new("/k/vmlinux", "/k/initrd");
         config.share = Some(PathBuf::from("/srv/a,b"));
+        config.nics = vec![Nic {
+            tap: "vmtap0".into(),
+            mac: "52:54:00:12:34:56".into(),
+        }];
         let cmd = qemu_command(
             &config,
             Accel::Tcg,
@@ -792,6 +796,13 @@ mod tests {
         );
         assert!(
             line.contains("file,id=console,path=/t/console.log"),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "-netdev tap,id=net0,ifname=vmtap0,script=no,downscript=no \
+                 -device virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"
+            ),
             "{line}"
         );
     }
