@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use accel::afxdp::{self, AfXdp};
 use accel::monitor::{Monitor, Stats};
 use hdrhistogram::Histogram;
 
@@ -62,9 +63,31 @@ enum Outcome {
 
 /// An accelerator attached for one window; dropping it detaches.
 struct Attached {
-    /// `monitor.NODE-IFACE`, the start of its metric names.
+    /// `KIND.NODE-IFACE`, the start of its metric names.
     label: String,
-    monitor: Monitor,
+    handle: Handle,
+}
+
+/// The accelerators a window can attach.
+enum Handle {
+    Monitor(Monitor),
+    Afxdp(AfXdp),
+}
+
+/// Counters of an attached accelerator, read before and after the window.
+enum Counts {
+    Monitor(Stats),
+    Afxdp(afxdp::Stats),
+}
+
+impl Attached {
+    fn counts(&self) -> Result<Counts, String> {
+        let what = |e: accel::Error| format!("{}: {e}", self.label);
+        Ok(match &self.handle {
+            Handle::Monitor(m) => Counts::Monitor(m.stats().map_err(what)?),
+            Handle::Afxdp(a) => Counts::Afxdp(a.stats().map_err(what)?),
+        })
+    }
 }
 
 impl<'a> Lab<'a> {
@@ -140,9 +163,9 @@ impl<'a> Lab<'a> {
         let attached = self.attach(variant)?;
         let tcp_before = self.tcp_counters()?;
         let cpu_before = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
-        let monitor_before: Vec<Stats> = attached
+        let counts_before: Vec<Counts> = attached
             .iter()
-            .map(|a| a.monitor.stats().map_err(|e| format!("{}: {e}", a.label)))
+            .map(Attached::counts)
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
         let outcomes = thread::scope(|scope| {
@@ -191,12 +214,26 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
         }
-        for (attached, before) in attached.iter().zip(&monitor_before) {
-            let after = attached
-                .monitor
-                .stats()
-                .map_err(|e| format!("{}: {e}", attached.label))?;
-            self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+        let echoes: u64 = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Udp(u) => u.received,
+                _ => 0,
+            })
+            .sum();
+        if echoes > 0 {
+            metrics.insert("cpu_ns_per_echo".to_owned(), seconds * 1e9 / echoes as f64);
+        }
+        for (attached, before) in attached.iter().zip(&counts_before) {
+            match (before, attached.counts()?) {
+                (Counts::Monitor(before), Counts::Monitor(after)) => {
+                    self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+                }
+                (Counts::Afxdp(before), Counts::Afxdp(after)) => {
+                    afxdp_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+                }
+                _ => return Err(format!("{}: counters changed kind", attached.label)),
+            }
         }
         drop(attached);
         let summary = summary(&outcomes, &self.labels);
@@ -285,44 +322,52 @@ impl<'a> Lab<'a> {
         let mut attached = Vec::new();
         for accelerator in &variant.accelerators {
             let node = &accelerator.node.value;
-            match &accelerator.kind {
-                AcceleratorKind::Monitor { iface, mode } => {
-                    let end = self
-                        .ends
-                        .iter()
-                        .flatten()
-                        .find(|e| e.node == *node && e.iface == iface.value)
-                        .ok_or_else(|| {
-                            format!(
-                                "variant `{}`: node {node} has no interface {}",
-                                variant.name.value, iface.value
-                            )
-                        })?;
+            let (iface, kind) = match &accelerator.kind {
+                AcceleratorKind::Monitor { iface, .. } => (iface, "monitor"),
+                AcceleratorKind::Afxdp { iface, .. } => (iface, "afxdp"),
+            };
+            let end = self
+                .ends
+                .iter()
+                .flatten()
+                .find(|e| e.node == *node && e.iface == iface.value)
+                .ok_or_else(|| {
+                    format!(
+                        "variant `{}`: node {node} has no interface {}",
+                        variant.name.value, iface.value
+                    )
+                })?;
+            let failed = |e: String| {
+                format!(
+                    "variant `{}`: attach {kind} to {node}:{}: {e}",
+                    variant.name.value, iface.value
+                )
+            };
+            let handle = match &accelerator.kind {
+                AcceleratorKind::Monitor { mode, .. } => {
                     let mode = match mode {
                         MonitorMode::Auto => accel::AttachMode::Auto,
                         MonitorMode::Native => accel::AttachMode::Native,
                         MonitorMode::Generic => accel::AttachMode::Generic,
                     };
-                    let attach = || Monitor::attach(&end.dev, mode);
-                    let monitor = match &end.ns {
-                        Netns::Named(ns) => lab_netlink::Netns::open(ns)
-                            .and_then(|ns| ns.run(attach))
-                            .map_err(|e| e.to_string())?,
-                        Netns::Root => thread::scope(|s| s.spawn(attach).join())
-                            .map_err(|_| "the attaching thread panicked".to_owned())?,
-                    }
-                    .map_err(|e| {
-                        format!(
-                            "variant `{}`: attach the monitor to {node}:{}: {e}",
-                            variant.name.value, iface.value
-                        )
-                    })?;
-                    attached.push(Attached {
-                        label: format!("monitor.{node}-{}", iface.value),
-                        monitor,
-                    });
+                    Handle::Monitor(
+                        in_namespace(&end.ns, || Monitor::attach(&end.dev, mode))?
+                            .map_err(|e| failed(e.to_string()))?,
+                    )
                 }
-            }
+                AcceleratorKind::Afxdp { ports, .. } => {
+                    let config = afxdp::Config::new(ports, afxdp::Mode::Echo)
+                        .map_err(|e| failed(e.to_string()))?;
+                    Handle::Afxdp(
+                        in_namespace(&end.ns, || AfXdp::start(&end.dev, &config))?
+                            .map_err(|e| failed(e.to_string()))?,
+                    )
+                }
+            };
+            attached.push(Attached {
+                label: format!("{kind}.{node}-{}", iface.value),
+                handle,
+            });
         }
         Ok(attached)
     }
@@ -499,6 +544,46 @@ impl<'a> Lab<'a> {
             cpus: cpus.to_vec(),
         }
     }
+}
+
+/// Runs `f` on a thread inside `ns` (the root namespace: a plain thread).
+fn in_namespace<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    match ns {
+        Netns::Named(name) => lab_netlink::Netns::open(name)
+            .and_then(|n| n.run(f))
+            .map_err(|e| e.to_string()),
+        Netns::Root => thread::scope(|s| s.spawn(f).join())
+            .map_err(|_| "the attaching thread panicked".to_owned()),
+    }
+}
+
+/// The AF_XDP echo's counts over the window: frames echoed per second and what it dropped.
+fn afxdp_metrics(
+    label: &str,
+    before: &afxdp::Stats,
+    after: &afxdp::Stats,
+    elapsed: Duration,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    let (b, a) = (before.total(), after.total());
+    let diff = |x: u64, y: u64| y.saturating_sub(x) as f64;
+    metrics.insert(
+        format!("{label}.rx_per_s"),
+        per_second(diff(b.rx_packets, a.rx_packets), elapsed),
+    );
+    metrics.insert(
+        format!("{label}.tx_per_s"),
+        per_second(diff(b.tx_packets, a.tx_packets), elapsed),
+    );
+    metrics.insert(format!("{label}.dropped"), diff(b.dropped, a.dropped));
+    metrics.insert(
+        format!("{label}.tx_ring_full"),
+        diff(b.tx_ring_full, a.tx_ring_full),
+    );
+    metrics.insert(
+        format!("{label}.kernel_rx_dropped"),
+        diff(b.kernel_rx_dropped, a.kernel_rx_dropped),
+    );
 }
 
 /// The change that gives an interface `impairment` (none: remove it).

@@ -24,6 +24,7 @@
 //! name = "netem-1ms"
 //! impair = { "client:eth0" = { delay = "1ms" } }
 //! accelerators = [{ kind = "monitor", node = "server", iface = "eth0", mode = "auto" }]
+//! # or { kind = "afxdp", node = "server", iface = "eth0", ports = [7777] }: AF_XDP echo
 //! [[workloads]]
 //! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
 //! from = "client"                      # the node that runs the client
@@ -145,6 +146,14 @@ pub enum AcceleratorKind {
         /// How the XDP program is attached.
         mode: MonitorMode,
     },
+    /// AF_XDP echo of chosen UDP ports on an interface (`accel::afxdp`): replaces the node's
+    /// kernel echo server on those ports while attached.
+    Afxdp {
+        /// The interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// UDP destination ports echoed from user space.
+        ports: Vec<u16>,
+    },
 }
 
 /// XDP attach mode of the monitor.
@@ -160,7 +169,7 @@ pub enum MonitorMode {
 }
 
 /// Names of the accelerator kinds, for help texts.
-pub const ACCELERATOR_KINDS: &[&str] = &["monitor"];
+pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "afxdp"];
 
 /// A load generator between two nodes.
 #[derive(Clone, Debug)]

@@ -30,6 +30,7 @@ const TOP: &[&str] = &[
 ];
 const VARIANT: &[&str] = &["name", "accelerators", "impair"];
 const MONITOR: &[&str] = &["kind", "node", "iface", "mode"];
+const AFXDP: &[&str] = &["kind", "node", "iface", "ports"];
 const EVENT: &[&str] = &["at", "link", "set"];
 const COMMON: &[&str] = &["kind", "from", "to", "duration", "from_cpus", "to_cpus"];
 const TCP_RR: &[&str] = &["size", "request", "response", "connections"];
@@ -485,6 +486,27 @@ fn read_accelerator(
                 mode: mode?,
             }
         }
+        "afxdp" => {
+            let iface = fields
+                .get("iface")
+                .and_then(|v| value::string(v, "`iface`", sink));
+            let ports = fields.get("ports").and_then(|v| udp_ports(v, sink));
+            if fields.key_span("iface").is_none() || fields.key_span("ports").is_none() {
+                missing(sink, fields.span, "afxdp needs `iface` and `ports`").help(
+                    "name the interface and the UDP ports to echo, like \
+                     `iface = \"eth0\", ports = [7777]`",
+                );
+            }
+            fields.finish(sink, "afxdp", AFXDP, &[]);
+            let iface = iface.filter(|i| match (topo, &node) {
+                (Some(t), Some(n)) => check_iface(t, n, i, sink),
+                _ => true,
+            });
+            AcceleratorKind::Afxdp {
+                iface: iface?,
+                ports: ports?,
+            }
+        }
         other => {
             sink.error(
                 "scenario::unknown_accelerator",
@@ -499,6 +521,29 @@ fn read_accelerator(
         node: node?,
         kind: settings,
     })
+}
+
+/// A non-empty array of UDP ports (1 to 65535).
+fn udp_ports(value: &Value, sink: &mut Sink) -> Option<Vec<u16>> {
+    let items = value::array(value, "`ports`", sink)?;
+    let mut ports = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match value::integer::<u16>(item, "a port", sink) {
+            Some(p) if p.value != 0 => ports.push(p.value),
+            Some(p) => {
+                sink.error("scenario::bad_port", p.span, "port 0 cannot be echoed");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if ports.is_empty() && ok {
+        sink.error("scenario::bad_port", value.span, "`ports` is empty")
+            .help("name at least one UDP port, like `ports = [7777]`");
+        ok = false;
+    }
+    ok.then_some(ports)
 }
 
 fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {
