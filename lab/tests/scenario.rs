@@ -322,9 +322,55 @@ fn unknown_kinds_name_the_known_ones() {
     assert_eq!(
         helps,
         [
-            "known kinds: monitor, sock_redirect, cpu_balance, rps",
+            "known kinds: monitor, sock_redirect, cpu_balance, rps, afxdp",
             "known kinds: tcp_rr, tcp_stream, udp_echo, http"
         ]
+    );
+}
+
+#[test]
+fn shipped_afxdp_scenario_compares_the_socket_echo_with_afxdp() {
+    let s = shipped("afxdp-echo.toml");
+    assert_eq!(s.variants[0].name.value, "socket");
+    assert!(s.variants[0].accelerators.is_empty());
+    match &s.variants[1].accelerators[..] {
+        [a] => match &a.kind {
+            AcceleratorKind::Afxdp { iface, ports } => {
+                assert_eq!(
+                    (a.node.value.as_str(), iface.value.as_str()),
+                    ("server", "eth0")
+                );
+                assert_eq!(ports, &[7777]);
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.workloads[0].kind,
+        WorkloadKind::UdpEcho { size: 64, .. }
+    ));
+    assert_eq!(s.workloads[0].to.addr.port(), 7777);
+}
+
+#[test]
+fn afxdp_needs_valid_ports() {
+    let text = with(
+        "[[variants]]\nname = \"on\"\naccelerators = [{ kind = \"afxdp\", node = \"b\", iface = \"eth0\", ports = [0, \"x\"] }]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:11:72 scenario::bad_port: port 0 cannot be echoed",
+            "s.toml:11:75 topology::type: a port must be an integer, not a string",
+        ]
+    );
+    let text = with(
+        "[[variants]]\nname = \"on\"\naccelerators = [{ kind = \"afxdp\", node = \"b\", iface = \"eth0\" }]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        ["s.toml:11:17 scenario::missing_field: afxdp needs `iface` and `ports`"]
     );
 }
 

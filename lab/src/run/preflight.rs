@@ -84,9 +84,9 @@ fn accelerator_cpus(kind: &AcceleratorKind) -> Box<dyn Iterator<Item = usize> + 
             Box::new(weights.iter().map(|(cpu, _)| *cpu as usize))
         }
         AcceleratorKind::Rps { cpus, .. } => Box::new(cpus.iter().copied()),
-        AcceleratorKind::Monitor { .. } | AcceleratorKind::SockRedirect { .. } => {
-            Box::new(std::iter::empty())
-        }
+        AcceleratorKind::Monitor { .. }
+        | AcceleratorKind::SockRedirect { .. }
+        | AcceleratorKind::Afxdp { .. } => Box::new(std::iter::empty()),
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use accel::afxdp::{self, AfXdp};
 use accel::monitor::{Monitor, Stats};
 use hdrhistogram::Histogram;
 
@@ -75,8 +76,7 @@ enum Outcome {
 
 /// An accelerator attached for one window; dropping it detaches.
 struct Attached {
-    /// `monitor.NODE-IFACE`, `sock_redirect.NODE`, `cpu_balance.NODE-IFACE` or
-    /// `rps.NODE-IFACE`, the start of its metric names.
+    /// `KIND.NODE-IFACE` (`sock_redirect.NODE`), the start of its metric names.
     label: String,
     handle: Handle,
 }
@@ -86,6 +86,7 @@ enum Handle {
     Monitor(Monitor),
     SockRedirect(super::sock_redirect::Redirect),
     CpuBalance(Box<Balancer>),
+    Afxdp(AfXdp),
     Rps {
         /// Restores the previous masks when dropped.
         _restore: Rps,
@@ -97,6 +98,7 @@ enum Counters {
     Monitor(Stats),
     SockRedirect(accel::sock_redirect::Stats),
     CpuBalance(accel::cpu_balance::Stats),
+    Afxdp(afxdp::Stats),
     None,
 }
 
@@ -109,6 +111,10 @@ impl Attached {
                 .map_err(|e| format!("{}: {e}", self.label)),
             Handle::SockRedirect(r) => r.stats().map(Counters::SockRedirect),
             Handle::CpuBalance(b) => b.stats().map(Counters::CpuBalance),
+            Handle::Afxdp(a) => a
+                .stats()
+                .map(Counters::Afxdp)
+                .map_err(|e| format!("{}: {e}", self.label)),
             Handle::Rps { .. } => Ok(Counters::None),
         }
     }
@@ -245,6 +251,16 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
         }
+        let echoes: u64 = outcomes
+            .iter()
+            .map(|ran| match &ran.outcome {
+                Outcome::Udp(u) => u.received,
+                _ => 0,
+            })
+            .sum();
+        if echoes > 0 {
+            metrics.insert("cpu_ns_per_echo".to_owned(), seconds * 1e9 / echoes as f64);
+        }
         let (mut cpu_packets, mut cpu_softirq) = (Vec::new(), Vec::new());
         let mut first_monitor = true;
         for (attached, before) in attached.iter().zip(&counters_before) {
@@ -272,6 +288,9 @@ impl<'a> Lab<'a> {
                     if let Handle::CpuBalance(balancer) = &attached.handle {
                         balancer.metrics(before, &after, self.cpus, elapsed, &mut metrics);
                     }
+                }
+                (Counters::Afxdp(before), Counters::Afxdp(after)) => {
+                    afxdp_metrics(label, before, &after, elapsed, &mut metrics);
                 }
                 (Counters::None, Counters::None) => {}
                 _ => return Err(format!("{label}: its counters changed kind")),
@@ -412,6 +431,33 @@ impl<'a> Lab<'a> {
                     attached.push(Attached {
                         label: format!("sock_redirect.{node}"),
                         handle: Handle::SockRedirect(redirect),
+                    });
+                }
+                AcceleratorKind::Afxdp { iface, ports } => {
+                    let end = self
+                        .ends
+                        .iter()
+                        .flatten()
+                        .find(|e| e.node == *node && e.iface == iface.value)
+                        .ok_or_else(|| {
+                            format!(
+                                "variant `{}`: node {node} has no interface {}",
+                                variant.name.value, iface.value
+                            )
+                        })?;
+                    let failed = |e: String| {
+                        format!(
+                            "variant `{}`: attach afxdp to {node}:{}: {e}",
+                            variant.name.value, iface.value
+                        )
+                    };
+                    let config = afxdp::Config::new(ports, afxdp::Mode::Echo)
+                        .map_err(|e| failed(e.to_string()))?;
+                    let afxdp = in_namespace(&end.ns, || AfXdp::start(&end.dev, &config))?
+                        .map_err(|e| failed(e.to_string()))?;
+                    attached.push(Attached {
+                        label: format!("afxdp.{node}-{}", iface.value),
+                        handle: Handle::Afxdp(afxdp),
                     });
                 }
                 AcceleratorKind::CpuBalance { iface, weights } => {
@@ -766,4 +812,44 @@ fn summary(outcomes: &[Outcome], labels: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" · ")
+}
+
+/// Runs `f` on a thread inside `ns` (the root namespace: a plain thread).
+fn in_namespace<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    match ns {
+        Netns::Named(name) => lab_netlink::Netns::open(name)
+            .and_then(|n| n.run(f))
+            .map_err(|e| e.to_string()),
+        Netns::Root => thread::scope(|s| s.spawn(f).join())
+            .map_err(|_| "the attaching thread panicked".to_owned()),
+    }
+}
+
+/// The AF_XDP echo's counts over the window: frames echoed per second and what it dropped.
+fn afxdp_metrics(
+    label: &str,
+    before: &afxdp::Stats,
+    after: &afxdp::Stats,
+    elapsed: Duration,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    let (b, a) = (before.total(), after.total());
+    let diff = |x: u64, y: u64| y.saturating_sub(x) as f64;
+    metrics.insert(
+        format!("{label}.rx_per_s"),
+        per_second(diff(b.rx_packets, a.rx_packets), elapsed),
+    );
+    metrics.insert(
+        format!("{label}.tx_per_s"),
+        per_second(diff(b.tx_packets, a.tx_packets), elapsed),
+    );
+    metrics.insert(format!("{label}.dropped"), diff(b.dropped, a.dropped));
+    metrics.insert(
+        format!("{label}.tx_ring_full"),
+        diff(b.tx_ring_full, a.tx_ring_full),
+    );
+    metrics.insert(
+        format!("{label}.kernel_rx_dropped"),
+        diff(b.kernel_rx_dropped, a.kernel_rx_dropped),
+    );
 }

@@ -30,6 +30,7 @@
 //! # Also: { kind = "cpu_balance", node, iface, cpus = [0, 1] }    XDP cpumap balancer
 //! #       (or `weights = { "0" = 1, "1" = 3 }`; neither: every online CPU, weight 1)
 //! #       { kind = "rps", node, iface, cpus = [0, 1] }           the kernel's RPS (rps_cpus)
+//! # or { kind = "afxdp", node = "server", iface = "eth0", ports = [7777] }: AF_XDP echo
 //! [[workloads]]
 //! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
 //! from = "client"                      # the node that runs the client
@@ -180,6 +181,14 @@ pub enum AcceleratorKind {
         /// The CPUs packets are steered to (not empty).
         cpus: Vec<usize>,
     },
+    /// AF_XDP echo of chosen UDP ports on an interface (`accel::afxdp`): replaces the node's
+    /// kernel echo server on those ports while attached.
+    Afxdp {
+        /// The interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// UDP destination ports echoed from user space.
+        ports: Vec<u16>,
+    },
 }
 
 /// XDP attach mode of the monitor's opt-in XDP counter.
@@ -195,7 +204,7 @@ pub enum MonitorMode {
 }
 
 /// Names of the accelerator kinds, for help texts.
-pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "sock_redirect", "cpu_balance", "rps"];
+pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "sock_redirect", "cpu_balance", "rps", "afxdp"];
 
 /// A load generator between two nodes.
 #[derive(Clone, Debug)]

@@ -37,6 +37,7 @@ const CPU_BALANCE: &[&str] = &["kind", "node", "iface", "cpus", "weights"];
 const RPS: &[&str] = &["kind", "node", "iface", "cpus"];
 /// Weights `accel::cpu_balance` accepts.
 const WEIGHT: RangeInclusive<u64> = 0..=accel::cpu_balance::MAX_WEIGHT as u64;
+const AFXDP: &[&str] = &["kind", "node", "iface", "ports"];
 const EVENT: &[&str] = &["at", "link", "set"];
 const COMMON: &[&str] = &[
     "kind",
@@ -512,6 +513,27 @@ fn read_accelerator(
         }
         "cpu_balance" => read_cpu_balance(fields, topo, node.as_ref(), sink)?,
         "rps" => read_rps(fields, topo, node.as_ref(), sink)?,
+        "afxdp" => {
+            let iface = fields
+                .get("iface")
+                .and_then(|v| value::string(v, "`iface`", sink));
+            let ports = fields.get("ports").and_then(|v| udp_ports(v, sink));
+            if fields.key_span("iface").is_none() || fields.key_span("ports").is_none() {
+                missing(sink, fields.span, "afxdp needs `iface` and `ports`").help(
+                    "name the interface and the UDP ports to echo, like \
+                     `iface = \"eth0\", ports = [7777]`",
+                );
+            }
+            fields.finish(sink, "afxdp", AFXDP, &[]);
+            let iface = iface.filter(|i| match (topo, &node) {
+                (Some(t), Some(n)) => check_iface(t, n, i, sink),
+                _ => true,
+            });
+            AcceleratorKind::Afxdp {
+                iface: iface?,
+                ports: ports?,
+            }
+        }
         other => {
             sink.error(
                 "scenario::unknown_accelerator",
@@ -750,6 +772,29 @@ fn read_rps(
         iface: iface?,
         cpus: cpus??,
     })
+}
+
+/// A non-empty array of UDP ports (1 to 65535).
+fn udp_ports(value: &Value, sink: &mut Sink) -> Option<Vec<u16>> {
+    let items = value::array(value, "`ports`", sink)?;
+    let mut ports = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match value::integer::<u16>(item, "a port", sink) {
+            Some(p) if p.value != 0 => ports.push(p.value),
+            Some(p) => {
+                sink.error("scenario::bad_port", p.span, "port 0 cannot be echoed");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if ports.is_empty() && ok {
+        sink.error("scenario::bad_port", value.span, "`ports` is empty")
+            .help("name at least one UDP port, like `ports = [7777]`");
+        ok = false;
+    }
+    ok.then_some(ports)
 }
 
 fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {

@@ -66,6 +66,8 @@ pub const FRAMES: u32 = 2 * RING;
 pub const BATCH: u32 = 64;
 /// How long binding retries a queue that is still `EBUSY`.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
+/// Frames the kernel sends per `sendto` wake-up in copy mode (its per-call budget).
+const TX_KICK_BUDGET: u32 = 32;
 /// How long an idle queue sleeps in `poll` before looking at its stop flag again.
 const IDLE_POLL_MS: i32 = 50;
 
@@ -825,9 +827,7 @@ impl Queue {
                 counters.tx.fetch_add(sent as u64, Relaxed);
                 out.clear();
             }
-            if self.tx.pending() > 0 && self.tx.needs_wakeup() {
-                self.tx.wake();
-            }
+            self.kick_tx();
             if received > 0 {
                 counters.rx.fetch_add(received, Relaxed);
                 rounds = rounds.wrapping_add(1);
@@ -853,6 +853,17 @@ impl Queue {
         }
         self.publish(counters, &mut drops);
         Ok(())
+    }
+
+    /// Asks the kernel to send what the TX ring holds. In copy mode one `sendto` sends at most
+    /// [`TX_KICK_BUDGET`] frames, so it is repeated until the ring is drained (bounded, so a
+    /// stalled device cannot hold the loop).
+    fn kick_tx(&mut self) {
+        let mut kicks = self.tx.pending() / TX_KICK_BUDGET + 1;
+        while kicks > 0 && self.tx.pending() > 0 && self.tx.needs_wakeup() {
+            self.tx.wake();
+            kicks -= 1;
+        }
     }
 
     /// Gives the fill ring every free frame it has room for.
