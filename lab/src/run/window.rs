@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use accel::http_filter::HttpFilter;
 use accel::monitor::{Monitor, Stats};
 use hdrhistogram::Histogram;
 
@@ -20,7 +21,8 @@ use crate::scenario::{
 };
 use crate::topology::{Impairment, Netns, Plan, Step, VethEnd};
 use crate::workloads::{
-    self, Site, Stop, TcpRr, TcpRrResult, TcpStream, TcpStreamResult, UdpEcho, UdpEchoResult,
+    self, Http, HttpOp, HttpResult, Site, Stop, TcpRr, TcpRrResult, TcpStream, TcpStreamResult,
+    UdpEcho, UdpEchoResult,
 };
 
 /// A lab that is up, as the runner sees it: where each node lives and each link's ends.
@@ -38,6 +40,8 @@ pub(super) struct Lab<'a> {
     labels: Vec<String>,
     /// How many CPUs `/proc/stat` lists.
     cpus: usize,
+    /// The write token of the deployed DisGraFS server, if one is deployed.
+    token: Option<String>,
 }
 
 /// What one window measured.
@@ -58,13 +62,36 @@ enum Outcome {
     Rr(TcpRrResult),
     Stream(TcpStreamResult),
     Udp(UdpEchoResult),
+    Http(HttpResult),
 }
 
 /// An accelerator attached for one window; dropping it detaches.
 struct Attached {
-    /// `monitor.NODE-IFACE`, the start of its metric names.
+    /// `KIND.NODE-IFACE`, the start of its metric names.
     label: String,
-    monitor: Monitor,
+    handle: Handle,
+}
+
+/// The handle of an attached accelerator.
+enum Handle {
+    Monitor(Monitor),
+    HttpFilter(HttpFilter),
+}
+
+/// An accelerator's counters at one moment.
+enum Snapshot {
+    Monitor(Stats),
+    HttpFilter(accel::http_filter::Totals),
+}
+
+impl Attached {
+    fn snapshot(&self) -> Result<Snapshot, String> {
+        let failed = |e: accel::Error| format!("{}: {e}", self.label);
+        Ok(match &self.handle {
+            Handle::Monitor(m) => Snapshot::Monitor(m.stats().map_err(failed)?),
+            Handle::HttpFilter(f) => Snapshot::HttpFilter(f.stats().map_err(failed)?.total()),
+        })
+    }
 }
 
 impl<'a> Lab<'a> {
@@ -74,6 +101,7 @@ impl<'a> Lab<'a> {
         plan: &'a Plan,
         runtime: &'a tokio::runtime::Handle,
         cpus: usize,
+        token: Option<String>,
     ) -> Result<Self, String> {
         let netns = plan
             .steps
@@ -126,6 +154,7 @@ impl<'a> Lab<'a> {
             touched,
             labels: labels(&scenario.workloads),
             cpus,
+            token,
         })
     }
 
@@ -140,9 +169,9 @@ impl<'a> Lab<'a> {
         let attached = self.attach(variant)?;
         let tcp_before = self.tcp_counters()?;
         let cpu_before = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
-        let monitor_before: Vec<Stats> = attached
+        let accel_before: Vec<Snapshot> = attached
             .iter()
-            .map(|a| a.monitor.stats().map_err(|e| format!("{}: {e}", a.label)))
+            .map(Attached::snapshot)
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
         let outcomes = thread::scope(|scope| {
@@ -172,6 +201,7 @@ impl<'a> Lab<'a> {
                 latency = match outcome {
                     Outcome::Rr(r) => Some(r.latency.clone()),
                     Outcome::Udp(u) => Some(u.latency.clone()),
+                    Outcome::Http(h) => Some(h.latency.clone()),
                     Outcome::Stream(_) => None,
                 };
             }
@@ -191,12 +221,16 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
         }
-        for (attached, before) in attached.iter().zip(&monitor_before) {
-            let after = attached
-                .monitor
-                .stats()
-                .map_err(|e| format!("{}: {e}", attached.label))?;
-            self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+        for (attached, before) in attached.iter().zip(&accel_before) {
+            match (before, attached.snapshot()?) {
+                (Snapshot::Monitor(before), Snapshot::Monitor(after)) => {
+                    self.monitor_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+                }
+                (Snapshot::HttpFilter(before), Snapshot::HttpFilter(after)) => {
+                    http_filter_metrics(&attached.label, before, &after, elapsed, &mut metrics);
+                }
+                _ => {}
+            }
         }
         drop(attached);
         let summary = summary(&outcomes, &self.labels);
@@ -285,44 +319,51 @@ impl<'a> Lab<'a> {
         let mut attached = Vec::new();
         for accelerator in &variant.accelerators {
             let node = &accelerator.node.value;
-            match &accelerator.kind {
-                AcceleratorKind::Monitor { iface, mode } => {
-                    let end = self
-                        .ends
-                        .iter()
-                        .flatten()
-                        .find(|e| e.node == *node && e.iface == iface.value)
-                        .ok_or_else(|| {
-                            format!(
-                                "variant `{}`: node {node} has no interface {}",
-                                variant.name.value, iface.value
-                            )
-                        })?;
-                    let mode = match mode {
-                        MonitorMode::Auto => accel::AttachMode::Auto,
-                        MonitorMode::Native => accel::AttachMode::Native,
-                        MonitorMode::Generic => accel::AttachMode::Generic,
-                    };
-                    let attach = || Monitor::attach(&end.dev, mode);
-                    let monitor = match &end.ns {
-                        Netns::Named(ns) => lab_netlink::Netns::open(ns)
-                            .and_then(|ns| ns.run(attach))
-                            .map_err(|e| e.to_string())?,
-                        Netns::Root => thread::scope(|s| s.spawn(attach).join())
-                            .map_err(|_| "the attaching thread panicked".to_owned())?,
-                    }
-                    .map_err(|e| {
-                        format!(
-                            "variant `{}`: attach the monitor to {node}:{}: {e}",
-                            variant.name.value, iface.value
-                        )
-                    })?;
-                    attached.push(Attached {
-                        label: format!("monitor.{node}-{}", iface.value),
-                        monitor,
-                    });
+            let (kind, iface, mode) = match &accelerator.kind {
+                AcceleratorKind::Monitor { iface, mode } => ("monitor", iface, mode),
+                AcceleratorKind::HttpFilter { iface, mode, .. } => ("http_filter", iface, mode),
+            };
+            let end = self
+                .ends
+                .iter()
+                .flatten()
+                .find(|e| e.node == *node && e.iface == iface.value)
+                .ok_or_else(|| {
+                    format!(
+                        "variant `{}`: node {node} has no interface {}",
+                        variant.name.value, iface.value
+                    )
+                })?;
+            let mode = match mode {
+                MonitorMode::Auto => accel::AttachMode::Auto,
+                MonitorMode::Native => accel::AttachMode::Native,
+                MonitorMode::Generic => accel::AttachMode::Generic,
+            };
+            let attach = || match &accelerator.kind {
+                AcceleratorKind::Monitor { .. } => {
+                    Monitor::attach(&end.dev, mode).map(Handle::Monitor)
                 }
+                AcceleratorKind::HttpFilter { policy, .. } => {
+                    HttpFilter::attach(&end.dev, mode, policy).map(Handle::HttpFilter)
+                }
+            };
+            let handle = match &end.ns {
+                Netns::Named(ns) => lab_netlink::Netns::open(ns)
+                    .and_then(|ns| ns.run(attach))
+                    .map_err(|e| e.to_string())?,
+                Netns::Root => thread::scope(|s| s.spawn(attach).join())
+                    .map_err(|_| "the attaching thread panicked".to_owned())?,
             }
+            .map_err(|e| {
+                format!(
+                    "variant `{}`: attach the {kind} to {node}:{}: {e}",
+                    variant.name.value, iface.value
+                )
+            })?;
+            attached.push(Attached {
+                label: format!("{kind}.{node}-{}", iface.value),
+                handle,
+            });
         }
         Ok(attached)
     }
@@ -370,12 +411,7 @@ impl<'a> Lab<'a> {
             .scenario
             .workloads
             .iter()
-            .filter(|w| {
-                matches!(
-                    w.kind,
-                    WorkloadKind::TcpRr { .. } | WorkloadKind::TcpStream { .. }
-                )
-            })
+            .filter(|w| !matches!(w.kind, WorkloadKind::UdpEcho { .. }))
             .flat_map(|w| [w.from.value.as_str(), w.to.node.value.as_str()])
             .map(|node| self.netns.get(node).copied().unwrap_or(""))
             .collect();
@@ -480,14 +516,57 @@ impl<'a> Lab<'a> {
                 },
             )
             .map(Outcome::Udp),
-            WorkloadKind::Http { .. } => {
-                return Err(format!(
-                    "workload http to {}: the runner has no HTTP client yet",
-                    w.to.node.value
-                ));
+            WorkloadKind::HttpUpload {
+                size,
+                files,
+                connections,
+            } => self.http(
+                &client,
+                w,
+                HttpOp::Upload { size, files },
+                connections,
+                stop,
+            ),
+            WorkloadKind::HttpDownload { size, connections } => {
+                self.http(&client, w, HttpOp::Download { size }, connections, stop)
             }
+            WorkloadKind::HttpSearch {
+                ref query,
+                connections,
+            } => self.http(
+                &client,
+                w,
+                HttpOp::Search {
+                    query: query.clone(),
+                },
+                connections,
+                stop,
+            ),
         }
         .map_err(failed)
+    }
+
+    /// Runs an HTTP workload against the deployed server.
+    fn http(
+        &self,
+        client: &Site,
+        w: &Workload,
+        op: HttpOp,
+        connections: usize,
+        stop: Stop,
+    ) -> Result<Outcome, workloads::Error> {
+        let token = self.token.clone().unwrap_or_default();
+        workloads::http(
+            client,
+            &Http {
+                addr: w.to.addr,
+                token,
+                op,
+                connections,
+                stop,
+            },
+        )
+        .map(Outcome::Http)
     }
 
     fn site(&self, node: &str, cpus: &[usize]) -> Site {
@@ -570,7 +649,43 @@ fn workload_metrics(
             // Each echo crosses the link twice.
             2 * u.received * *size as u64
         }
+        (Outcome::Http(h), _) => {
+            put("requests_per_s", h.rate());
+            put("bytes_per_s", h.byte_rate());
+            latency_metrics(&mut put, &h.latency);
+            h.bytes
+        }
         _ => 0,
+    }
+}
+
+/// The HTTP filter's counts over the window, as rates.
+fn http_filter_metrics(
+    label: &str,
+    before: &accel::http_filter::Totals,
+    after: &accel::http_filter::Totals,
+    elapsed: Duration,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    for (name, was, now) in [
+        ("packets_per_s", before.packets, after.packets),
+        (
+            "http_requests_per_s",
+            before.http_requests,
+            after.http_requests,
+        ),
+        ("dropped_per_s", before.dropped, after.dropped),
+        ("monitored_per_s", before.monitored, after.monitored),
+        (
+            "parse_failures_per_s",
+            before.parse_failures,
+            after.parse_failures,
+        ),
+    ] {
+        metrics.insert(
+            format!("{label}.{name}"),
+            per_second(now.saturating_sub(was) as f64, elapsed),
+        );
     }
 }
 
@@ -598,6 +713,11 @@ fn summary(outcomes: &[Outcome], labels: &[String]) -> String {
             ),
             Outcome::Stream(s) => format!("{label} {:.1} MB/s", s.rate() / 1e6),
             Outcome::Udp(u) => format!("{label} {:.0} echoes/s, {} lost", u.rate(), u.lost()),
+            Outcome::Http(h) => format!(
+                "{label} {:.0} req/s p99 {:.0} µs",
+                h.rate(),
+                LatencySummary::of(&h.latency).p99_us
+            ),
         })
         .collect::<Vec<_>>()
         .join(" · ")
