@@ -75,7 +75,7 @@ struct Attached {
 /// The handle of an attached accelerator.
 enum Handle {
     Monitor(Monitor),
-    HttpFilter(HttpFilter),
+    HttpFilter(Box<HttpFilter>),
 }
 
 /// An accelerator's counters at one moment.
@@ -344,7 +344,8 @@ impl<'a> Lab<'a> {
                     Monitor::attach(&end.dev, mode).map(Handle::Monitor)
                 }
                 AcceleratorKind::HttpFilter { policy, .. } => {
-                    HttpFilter::attach(&end.dev, mode, policy).map(Handle::HttpFilter)
+                    HttpFilter::attach(&end.dev, mode, policy)
+                        .map(|f| Handle::HttpFilter(Box::new(f)))
                 }
             };
             let handle = match &end.ns {
