@@ -2,16 +2,18 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# The demo lab behind `just lab up` / `just lab down`: client — router — server, v4 and v6.
-demo := "scenarios/topologies/line-3.toml"
+# The demo lab behind `just lab up` / `just lab down`: DisGraFS deployed on client, server
+# and tagger nodes joined by a bridge that the host shares (UI at http://10.79.0.2:8080/).
+demo := "scenarios/topologies/disgrafs.toml"
 
 # Install everything a fresh Debian 12 machine needs (idempotent)
 setup:
     ./setup
 
-# The lab CLI: `just lab up|down` (demo lab), or any subcommand (plan, up FILE, status, exec)
+# The lab CLI: `just lab up|down` (demo lab), or any subcommand (plan, up FILE, status, exec, run)
 lab *ARGS:
-    @cargo run --quiet --release -p lab -- {{ if ARGS == "up" { "up " + demo } else if ARGS == "down" { "down line-3" } else { ARGS } }}
+    @cargo build --quiet --release -p disgrafs-server -p disgrafs-tagger
+    @cargo run --quiet --release -p lab -- {{ if ARGS == "up" { "up " + demo } else if ARGS == "down" { "down disgrafs" } else { ARGS } }}
 
 # The accelerator CLI, e.g. `just accel monitor stats --iface eth0`
 accel *ARGS:

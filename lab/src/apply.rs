@@ -64,6 +64,7 @@ pub async fn up(
         pid: std::process::id(),
         source: source.to_owned(),
         plan: plan.clone(),
+        deployed: None,
     };
     states.write(&state)?;
     tracing::info!(lab = %plan.lab, steps = plan.steps.len(), "bringing the lab up");
@@ -92,6 +93,10 @@ pub async fn down(
     let mut labs = Vec::new();
     for state in states.list(prefix)? {
         if lab.is_none_or(|l| l == state.plan.lab) {
+            if let Some(deployed) = &state.deployed {
+                crate::deploy::stop(deployed, None)
+                    .map_err(|e| Error::Teardown(vec![format!("services: {e}")]))?;
+            }
             teardown(&state.plan, states).await?;
             labs.push(state.plan.lab);
         }

@@ -263,10 +263,14 @@ fn load(file: &std::path::Path) -> Result<topology::Loaded, u8> {
 
 fn plan_of(args: &PlanArgs) -> Result<Plan, u8> {
     let loaded = load(&args.file)?;
+    Ok(plan_of_topology(&loaded.topology, args))
+}
+
+fn plan_of_topology(topology: &topology::Topology, args: &PlanArgs) -> Plan {
     let options = PlanOptions {
         prefix: args.prefix.clone(),
     };
-    Ok(Plan::new(&loaded.topology, &options))
+    Plan::new(topology, &options)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, u8> {
@@ -289,9 +293,11 @@ fn apply_error(e: &apply::Error) -> u8 {
 }
 
 fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
-    let plan = plan_of(args)?;
+    let topology = load(&args.file)?.topology;
+    let plan = plan_of_topology(&topology, args);
     let started = Instant::now();
-    runtime()?
+    let runtime = runtime()?;
+    runtime
         .block_on(apply::up(
             &plan,
             &args.file,
@@ -299,6 +305,16 @@ fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
             &steps_bar(plan.steps.len()),
         ))
         .map_err(|e| apply_error(&e))?;
+    if !topology.deploy.is_empty()
+        && let Err(e) = lab::deploy::start(&topology.deploy, &topology, &plan, states)
+    {
+        eprintln!("error: starting the services of [deploy]: {e}");
+        eprintln!("taking lab {} down again", plan.lab);
+        runtime
+            .block_on(apply::down(&plan.prefix, Some(&plan.lab), states))
+            .map_err(|e| apply_error(&e))?;
+        return Err(FAILURE);
+    }
     let nodes = namespaces_of(&plan).count();
     write_stdout(&format!(
         "lab {} is up: {nodes} namespaces, {} steps in {:.2} s\n",
@@ -371,12 +387,32 @@ fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {
                     })
                 })
                 .collect();
+            let services: Vec<serde_json::Value> = state
+                .deployed
+                .iter()
+                .flat_map(|d| &d.services)
+                .map(|s| {
+                    serde_json::json!({
+                        "service": s.service,
+                        "node": s.node,
+                        "pid": s.pid,
+                        "log": s.log,
+                    })
+                })
+                .collect();
             serde_json::json!({
                 "lab": state.plan.lab,
                 "phase": state.phase,
                 "source": state.source,
                 "pid": state.pid,
                 "nodes": nodes,
+                "services": services,
+                "disgrafs": state.deployed.as_ref().and_then(|d| d.server).map(|addr| {
+                    serde_json::json!({
+                        "url": format!("http://{addr}/"),
+                        "token_file": state.deployed.as_ref().map(|d| d.dir.join("token")),
+                    })
+                }),
             })
         })
         .collect();
@@ -404,6 +440,21 @@ fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {
                 "  {:<16} {:<32} {mark}\n",
                 node["node"].as_str().unwrap_or_default(),
                 node["netns"].as_str().unwrap_or_default()
+            ));
+        }
+        for service in lab["services"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "  {:<16} {:<16} pid {:<8} log {}\n",
+                service["node"].as_str().unwrap_or_default(),
+                service["service"].as_str().unwrap_or_default(),
+                service["pid"],
+                service["log"].as_str().unwrap_or_default()
+            ));
+        }
+        if let Some(url) = lab["disgrafs"]["url"].as_str() {
+            text.push_str(&format!(
+                "  DisGraFS UI: {url} (write token in {})\n",
+                lab["disgrafs"]["token_file"].as_str().unwrap_or_default()
             ));
         }
     }

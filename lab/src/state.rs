@@ -13,6 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::Deployed;
 use crate::topology::Plan;
 
 /// Where state files live by default (a tmpfs: a reboot, which removes all kernel state,
@@ -40,6 +41,9 @@ pub struct LabState {
     pub source: PathBuf,
     /// Everything the lab is made of, in creation order.
     pub plan: Plan,
+    /// The services started in it (`[deploy]`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<Deployed>,
 }
 
 /// A directory of state files, one subdirectory per prefix.
@@ -88,6 +92,11 @@ impl StateDir {
         }
         dirs.sort();
         Ok(dirs)
+    }
+
+    /// The run directory of lab `lab`: logs and data of its services.
+    pub fn run_dir(&self, prefix: &str, lab: &str) -> PathBuf {
+        self.root.join(prefix).join(format!("{lab}.d"))
     }
 
     /// Writes `state` atomically.
@@ -196,6 +205,7 @@ mod tests {
                 pid: 1,
                 source: "t.toml".into(),
                 plan: plan(name),
+                deployed: None,
             })?;
         }
         let listed = dir.list("dgl")?;

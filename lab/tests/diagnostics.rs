@@ -25,6 +25,26 @@ fn toml_errors(text: &str) -> Vec<String> {
 const TWO_NODES: &str = "name = \"t\"\n[nodes.a]\n[nodes.b]\n";
 
 #[test]
+fn deploy_in_a_topology_file() {
+    let text = format!(
+        "{TWO_NODES}[nodes.br]\nkind = \"bridge\"\n[deploy]\na = [\"mysql\"]\nbr = [\"redis\"]\n\
+         b = [\"disgrafs-server\", \"redis\", \"juicefs\"]\n"
+    );
+    assert_eq!(
+        toml_errors(&text),
+        [
+            "t.toml:7:6 deploy::unknown_service: unknown service `mysql`",
+            "t.toml:8:1 deploy::bridge_node: node `br` is a bridge: no service runs on it",
+            "t.toml:9:25 deploy::duplicate_service: `redis` runs on one node only, and node `br` already runs it",
+        ]
+    );
+    let ok = format!("{TWO_NODES}[deploy]\nb = [\"redis\", \"disgrafs-server\"]\n");
+    let loaded = parse("t.toml", &ok, Format::Toml).expect("valid");
+    assert_eq!(loaded.topology.deploy[0].node.value, "b");
+    assert_eq!(loaded.topology.deploy[0].services.len(), 2);
+}
+
+#[test]
 fn unknown_node_in_a_link() {
     let text = format!("{TWO_NODES}[[links]]\nendpoints = [\"a:eth0\", \"c:eth0\"]\n");
     assert_eq!(

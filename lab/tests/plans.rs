@@ -48,6 +48,7 @@ snapshot_topology!(line_3, "line-3.toml");
 snapshot_topology!(star_100, "star-100.toml");
 snapshot_topology!(two_linux_clab, "two-linux.clab.yml");
 snapshot_topology!(vm_server, "vm-server.toml");
+snapshot_topology!(disgrafs, "disgrafs.toml");
 
 #[test]
 fn every_shipped_topology_has_a_snapshot_test() {
@@ -58,6 +59,7 @@ fn every_shipped_topology_has_a_snapshot_test() {
         "star-100.toml",
         "two-linux.clab.yml",
         "vm-server.toml",
+        "disgrafs.toml",
     ];
     for file in topologies() {
         let name = file
@@ -122,6 +124,7 @@ fn different_labs_do_not_collide() {
         "two-hosts.toml",
         "line-3.toml",
         "star-100.toml",
+        "disgrafs.toml",
     ];
     for (i, a) in files.iter().enumerate() {
         for b in &files[i + 1..] {

@@ -231,7 +231,8 @@ fn everything_a_scenario_can_say() {
          iface = \"eth0\", xdp = \"generic\" }]\nimpair = { \"b:eth0\" = [{ loss = \"1%\" }, {}] }\n\
          [deploy]\nb = [\"redis\", \"disgrafs-server\"]\n\
          [[workloads]]\nkind = \"udp_echo\"\nfrom = \"a\"\nto = \"b:7001\"\npps = 5000\nsize = 100\n\
-         [[workloads]]\nkind = \"http\"\nfrom = \"a\"\nto = \"b:8080\"\nmethod = \"PUT\"\npath = \"/files\"\n\
+         [[workloads]]\nkind = \"http_upload\"\nfrom = \"a\"\nto = \"b:8080\"\nsize = 1000\nfiles = 3\n\
+         [[workloads]]\nkind = \"http_search\"\nfrom = \"a\"\nto = \"b:8080\"\nquery = \"tags=pdf\"\n\
          [[events]]\nat = \"4s\"\nlink = \"a:eth0\"\nset = \"down\"\n\
          [[events]]\nat = \"1s\"\nlink = \"b:eth0\"\nset = { delay = \"5ms\" }\n",
     );
@@ -264,6 +265,21 @@ fn everything_a_scenario_can_say() {
     );
     assert!(s.variants[1].impair[0].impair[1].is_none());
     assert_eq!(s.deploy[0].services[1].value, Service::DisgrafsServer);
+    assert_eq!(
+        s.workloads[2].kind,
+        WorkloadKind::HttpUpload {
+            size: 1000,
+            files: 3,
+            connections: 1
+        }
+    );
+    assert_eq!(
+        s.workloads[3].kind,
+        WorkloadKind::HttpSearch {
+            query: "tags=pdf".to_owned(),
+            connections: 1
+        }
+    );
     assert_eq!(s.run_length(), Nanos(5_000_000_000));
     // Events come out in time order.
     assert!(matches!(s.events[0].action, EventAction::Impair(_)));
@@ -322,8 +338,8 @@ fn unknown_kinds_name_the_known_ones() {
     assert_eq!(
         helps,
         [
-            "known kinds: monitor, sock_redirect, cpu_balance, rps, afxdp",
-            "known kinds: tcp_rr, tcp_stream, udp_echo, http"
+            "known kinds: monitor, sock_redirect, cpu_balance, rps, afxdp, http_filter",
+            "known kinds: tcp_rr, tcp_stream, udp_echo, http_upload, http_download, http_search"
         ]
     );
 }
@@ -394,7 +410,7 @@ fn unknown_service_field_and_link() {
         errors(&text),
         [
             "s.toml:9:1 topology::unknown_field: unknown field `wat` in a `tcp_rr` workload",
-            "s.toml:11:6 scenario::unknown_service: unknown service `mysql`",
+            "s.toml:11:6 deploy::unknown_service: unknown service `mysql`",
             "s.toml:14:8 scenario::unknown_link: no link of the topology has the endpoint `a:eth1`",
             "s.toml:15:7 scenario::bad_event: `set = \"sideways\"` is not an event",
         ]
@@ -558,6 +574,126 @@ fn cpu_balance_and_rps_mistakes() {
             "s.toml:11:422 scenario::no_cpus: `cpus` names no CPU",
             "s.toml:11:427 scenario::missing_field: RPS needs `iface`",
             "s.toml:11:467 topology::unknown_field: unknown field `queue` in RPS",
+        ]
+    );
+}
+
+#[test]
+fn deploy_rules() {
+    let text = with(
+        "[deploy]\na = [\"redis\", \"juicefs\", \"redis\"]\nb = [\"redis\", \"disgrafs-server\"]\n\
+         c = [\"disgrafs-tagger\"]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:10:15 deploy::juicefs_node: `juicefs` is mounted on the server's node only, and `disgrafs-server` runs on `b`",
+            "s.toml:10:26 deploy::duplicate_service: `redis` is listed twice for node `a`",
+            "s.toml:11:6 deploy::duplicate_service: `redis` runs on one node only, and node `a` already runs it",
+            "s.toml:12:1 deploy::unknown_node: unknown node `c`",
+        ]
+    );
+    assert_eq!(
+        errors(&with("[deploy]\nb = [\"juicefs\", \"disgrafs-tagger\"]\n")),
+        [
+            "s.toml:10:6 deploy::missing_service: `juicefs` needs `redis` (its metadata engine)",
+            "s.toml:10:6 deploy::missing_service: `juicefs` needs `disgrafs-server` (it holds the server's files)",
+            "s.toml:10:17 deploy::missing_service: `disgrafs-tagger` needs `redis` (the tag queue)",
+            "s.toml:10:17 deploy::missing_service: `disgrafs-tagger` needs `disgrafs-server` (the server queues the jobs)",
+        ]
+    );
+}
+
+#[test]
+fn http_workloads_and_the_http_filter() {
+    let dir = std::env::temp_dir().join(format!("lab-scenario-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "[[ports]]\nports = [8080]\nmethod_action = \"monitor\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("bad.toml"), "[[ports]]\nports = []\n").unwrap();
+    let text = with(
+        "[[variants]]\nname = \"f\"\naccelerators = [{ kind = \"http_filter\", node = \"b\", \
+         iface = \"eth0\", policy = \"p.toml\" }]\n\
+         [[variants]]\nname = \"g\"\naccelerators = [{ kind = \"http_filter\", node = \"b\", \
+         iface = \"eth0\", policy = \"bad.toml\" }]\n\
+         [[workloads]]\nkind = \"http_download\"\nfrom = \"a\"\nto = \"b:8080\"\nsize = 0\n\
+         [[workloads]]\nkind = \"http_search\"\nfrom = \"a\"\nto = \"b:8080\"\nquery = \"a b\"\n",
+    );
+    let result = parse("s.toml", &text, &dir);
+    let good = parse(
+        "s.toml",
+        &with(
+            "[[variants]]\nname = \"f\"\naccelerators = [{ kind = \"http_filter\", node = \"b\", \
+             iface = \"eth0\", policy = \"p.toml\" }]\n",
+        ),
+        &dir,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let lines: Vec<String> = result
+        .unwrap_err()
+        .iter()
+        .filter(|d| d.severity() == Severity::Error)
+        .map(|d| format!("{} {}", d.location(), d.code()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "s.toml:14:78 scenario::bad_policy",
+            "s.toml:19:8 scenario::range",
+            "s.toml:24:9 scenario::bad_query",
+        ]
+    );
+    let good = good
+        .unwrap_or_else(|d| panic!("{}", d.render_plain()))
+        .scenario;
+    match &good.variants[1].accelerators[0].kind {
+        AcceleratorKind::HttpFilter {
+            iface,
+            policy_file,
+            policy,
+            ..
+        } => {
+            assert_eq!(iface.value, "eth0");
+            assert!(policy_file.ends_with("p.toml"));
+            assert_eq!(policy.rules().len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn shipped_disgrafs_scenario() {
+    let s = shipped("disgrafs-http.toml");
+    let names: Vec<&str> = s.variants.iter().map(|v| v.name.value.as_str()).collect();
+    assert_eq!(names, ["off", "monitor", "http-filter"]);
+    let kinds: Vec<&str> = s.workloads.iter().map(|w| w.kind.name()).collect();
+    assert_eq!(kinds, ["http_upload", "http_download", "http_search"]);
+    assert_eq!(s.deploy.len(), 2);
+}
+
+#[test]
+fn preflight_names_http_workloads_without_a_server() {
+    let text = with(
+        "[deploy]\nb = [\"disgrafs-server\"]\n\
+         [[workloads]]\nkind = \"http_upload\"\nfrom = \"b\"\nto = \"a:8080\"\n\
+         [[workloads]]\nkind = \"http_download\"\nfrom = \"a\"\nto = \"b:9000\"\n\
+         [[workloads]]\nkind = \"http_search\"\nfrom = \"a\"\nto = \"b:8080\"\n",
+    );
+    let s = parse("s.toml", &text, Path::new("."))
+        .unwrap_or_else(|d| panic!("{}", d.render_plain()))
+        .scenario;
+    let problems: Vec<String> = lab::run::problems(&s, || Ok(true), 2)
+        .into_iter()
+        .filter(|p| !p.starts_with("[deploy]"))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "workload 2 (http_upload to a) needs disgrafs-server deployed on node a ([deploy])",
+            "workload 3 (http_download to b) must use port 8080, where the deployed server listens",
         ]
     );
 }

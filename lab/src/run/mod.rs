@@ -1,18 +1,21 @@
 //! `lab run`: a scenario from file to report.
 //!
 //! 1. Check what the scenario needs against this machine ([`problems`]): netem for impaired
-//!    links, variants and events, CPUs for pinning, no HTTP workload or service to deploy yet.
-//!    Anything missing refuses the run before anything is created.
+//!    links, variants and events, CPUs for pinning, the programs of deployed services, a
+//!    DisGraFS server on the node HTTP workloads talk to. Anything missing refuses the run
+//!    before anything is created.
 //! 2. Plan the scenario's topology under the scenario's name (the lab is called like the
-//!    scenario) and bring it up; a guard takes it down again however the run ends.
+//!    scenario) and bring it up; a guard takes it down again however the run ends. Start the
+//!    `[deploy]` services ([`crate::deploy`]), each checked before the next.
 //! 3. Warm up: every workload runs, unmeasured, for the scenario's `warmup`.
 //! 4. For each run of the seeded schedule ([`crate::scenario::schedule`]): put the links the
 //!    scenario changes into the variant's state, attach its accelerators (from a thread inside
 //!    the node's namespace; the socket redirect to a cgroup the whole runner joins, see
 //!    `run/sock_redirect.rs`), read the counters, run every workload together over the window
 //!    while a timer thread fires the events, read the counters again, detach.
-//! 5. Build the [`Report`] from every run's metrics and write it with [`Env`] into the output
-//!    directory; take the lab down.
+//! 5. Stop the services and copy their logs into `OUT/services/`; build the [`Report`] from
+//!    every run's metrics and write it with [`Env`] into the output directory; take the lab
+//!    down.
 //!
 //! A stop request ([`Interrupt`], set by SIGINT or SIGTERM) ends the run after the window in
 //! progress: the lab is taken down and the report written with `complete: false`. A failure
@@ -269,11 +272,28 @@ pub fn run(
         armed: true,
     };
     let mut results = Results::new(scenario);
-    let failure = match Lab::new(scenario, &plan, runtime, cpus) {
-        Ok(lab) => measure_all(scenario, &lab, &slots, interrupt, &progress, &mut results),
-        Err(e) => Some(("preparing the runs".to_owned(), e)),
+    let deployed = if scenario.deploy.is_empty() {
+        Ok(None)
+    } else {
+        progress.phase("starting the services of [deploy]");
+        crate::deploy::start(&scenario.deploy, &scenario.topology, &plan, &options.states)
+            .map(Some)
+            .map_err(|e| ("starting the services".to_owned(), e.to_string()))
+    };
+    let mut failure = match deployed {
+        Ok(deployed) => {
+            let token = deployed.map(|d| d.token);
+            match Lab::new(scenario, &plan, runtime, cpus, token) {
+                Ok(lab) => measure_all(scenario, &lab, &slots, interrupt, &progress, &mut results),
+                Err(e) => Some(("preparing the runs".to_owned(), e)),
+            }
+        }
+        Err(e) => Some(e),
     };
     progress.finish();
+    if let Err(e) = stop_services(&plan, &options.states, &options.out) {
+        failure = failure.or(Some(("stopping the services".to_owned(), e)));
+    }
     let complete = failure.is_none() && results.done.len() == slots.len();
     if let Some(signal) = interrupt.signal()
         && !complete
@@ -304,6 +324,12 @@ pub fn run(
     written?;
     down?;
     Ok(report)
+}
+
+/// Stops the lab's services (if any were started), copying their logs into `OUT/services/`.
+fn stop_services(plan: &Plan, states: &StateDir, out: &Path) -> Result<(), String> {
+    crate::deploy::stop_recorded(states, &plan.prefix, &plan.lab, Some(&out.join("services")))
+        .map_err(|e| e.to_string())
 }
 
 /// Warms up, then measures the runs of `slots` in order until all are done, `interrupt`

@@ -3,7 +3,7 @@
 use lab_netlink::{Netem, Netlink};
 use rustix::thread::{UnshareFlags, unshare_unsafe};
 
-use crate::scenario::{AcceleratorKind, EventAction, Scenario, WorkloadKind};
+use crate::scenario::{AcceleratorKind, EventAction, Scenario, Service, WorkloadKind};
 use crate::topology::{Impairment, Link};
 
 /// Everything in `scenario` that this machine cannot run, one sentence each naming the
@@ -30,12 +30,29 @@ pub fn problems(
         }
     }
     for (i, workload) in scenario.workloads.iter().enumerate() {
-        if matches!(workload.kind, WorkloadKind::Http { .. }) {
+        let http = matches!(
+            workload.kind,
+            WorkloadKind::HttpUpload { .. }
+                | WorkloadKind::HttpDownload { .. }
+                | WorkloadKind::HttpSearch { .. }
+        );
+        let server = crate::deploy::node_of(&scenario.deploy, Service::DisgrafsServer);
+        if http && server != Some(workload.to.node.value.as_str()) {
             problems.push(format!(
-                "workload {} (http to {}) needs the HTTP client workload and a service, which \
-                 the runner does not have yet",
+                "workload {} ({} to {}) needs disgrafs-server deployed on node {} ([deploy])",
                 i + 1,
+                workload.kind.name(),
+                workload.to.node.value,
                 workload.to.node.value
+            ));
+        }
+        if http && workload.to.addr.port() != crate::deploy::SERVER_PORT {
+            problems.push(format!(
+                "workload {} ({} to {}) must use port {}, where the deployed server listens",
+                i + 1,
+                workload.kind.name(),
+                workload.to.node.value,
+                crate::deploy::SERVER_PORT
             ));
         }
         for (side, list) in [
@@ -64,14 +81,23 @@ pub fn problems(
             }
         }
     }
+    let mut programs: Vec<&str> = Vec::new();
     for deployment in &scenario.deploy {
-        if !deployment.services.is_empty() {
-            let names: Vec<&str> = deployment.services.iter().map(|s| s.value.name()).collect();
-            problems.push(format!(
-                "[deploy] {} = [{}]: the runner cannot deploy services yet",
-                deployment.node.value,
-                names.join(", ")
-            ));
+        for service in &deployment.services {
+            programs.extend(match service.value {
+                Service::Redis => &["redis-server"][..],
+                Service::Falkordb => &["falkordb-server"],
+                Service::Juicefs => &["juicefs"],
+                Service::DisgrafsServer => &["disgrafs-server"],
+                Service::DisgrafsTagger => &["disgrafs-tagger"],
+            });
+        }
+    }
+    programs.sort_unstable();
+    programs.dedup();
+    for program in programs {
+        if let Err(e) = crate::deploy::binary(program) {
+            problems.push(format!("[deploy]: {e}"));
         }
     }
     problems
@@ -86,7 +112,8 @@ fn accelerator_cpus(kind: &AcceleratorKind) -> Box<dyn Iterator<Item = usize> + 
         AcceleratorKind::Rps { cpus, .. } => Box::new(cpus.iter().copied()),
         AcceleratorKind::Monitor { .. }
         | AcceleratorKind::SockRedirect { .. }
-        | AcceleratorKind::Afxdp { .. } => Box::new(std::iter::empty()),
+        | AcceleratorKind::Afxdp { .. }
+        | AcceleratorKind::HttpFilter { .. } => Box::new(std::iter::empty()),
     }
 }
 

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use accel::afxdp::{self, AfXdp};
+use accel::http_filter::HttpFilter;
 use accel::monitor::{Monitor, Stats};
 use hdrhistogram::Histogram;
 
@@ -23,7 +24,8 @@ use crate::scenario::{
 };
 use crate::topology::{Impairment, Netns, Plan, Step, VethEnd};
 use crate::workloads::{
-    self, Site, Stop, TcpRr, TcpRrResult, TcpStream, TcpStreamResult, UdpEcho, UdpEchoResult,
+    self, Http, HttpOp, HttpResult, Site, Stop, TcpRr, TcpRrResult, TcpStream, TcpStreamResult,
+    UdpEcho, UdpEchoResult,
 };
 
 /// A lab that is up, as the runner sees it: where each node lives and each link's ends.
@@ -41,6 +43,8 @@ pub(super) struct Lab<'a> {
     labels: Vec<String>,
     /// How many CPUs `/proc/stat` lists.
     cpus: usize,
+    /// The write token of the deployed DisGraFS server, if one is deployed.
+    token: Option<String>,
 }
 
 /// What one window measured.
@@ -72,6 +76,7 @@ enum Outcome {
     Rr(TcpRrResult),
     Stream(TcpStreamResult),
     Udp(UdpEchoResult),
+    Http(HttpResult),
 }
 
 /// An accelerator attached for one window; dropping it detaches.
@@ -87,6 +92,7 @@ enum Handle {
     SockRedirect(super::sock_redirect::Redirect),
     CpuBalance(Box<Balancer>),
     Afxdp(AfXdp),
+    HttpFilter(Box<HttpFilter>),
     Rps {
         /// Restores the previous masks when dropped.
         _restore: Rps,
@@ -99,6 +105,7 @@ enum Counters {
     SockRedirect(accel::sock_redirect::Stats),
     CpuBalance(accel::cpu_balance::Stats),
     Afxdp(afxdp::Stats),
+    HttpFilter(accel::http_filter::Totals),
     None,
 }
 
@@ -115,6 +122,10 @@ impl Attached {
                 .stats()
                 .map(Counters::Afxdp)
                 .map_err(|e| format!("{}: {e}", self.label)),
+            Handle::HttpFilter(f) => f
+                .stats()
+                .map(|s| Counters::HttpFilter(s.total()))
+                .map_err(|e| format!("{}: {e}", self.label)),
             Handle::Rps { .. } => Ok(Counters::None),
         }
     }
@@ -127,6 +138,7 @@ impl<'a> Lab<'a> {
         plan: &'a Plan,
         runtime: &'a tokio::runtime::Handle,
         cpus: usize,
+        token: Option<String>,
     ) -> Result<Self, String> {
         let netns = plan
             .steps
@@ -179,6 +191,7 @@ impl<'a> Lab<'a> {
             touched,
             labels: labels(&scenario.workloads),
             cpus,
+            token,
         })
     }
 
@@ -232,6 +245,7 @@ impl<'a> Lab<'a> {
                 latency = match outcome {
                     Outcome::Rr(r) => Some(r.latency.clone()),
                     Outcome::Udp(u) => Some(u.latency.clone()),
+                    Outcome::Http(h) => Some(h.latency.clone()),
                     Outcome::Stream(_) => None,
                 };
             }
@@ -291,6 +305,9 @@ impl<'a> Lab<'a> {
                 }
                 (Counters::Afxdp(before), Counters::Afxdp(after)) => {
                     afxdp_metrics(label, before, &after, elapsed, &mut metrics);
+                }
+                (Counters::HttpFilter(before), Counters::HttpFilter(after)) => {
+                    http_filter_metrics(label, before, &after, elapsed, &mut metrics);
                 }
                 (Counters::None, Counters::None) => {}
                 _ => return Err(format!("{label}: its counters changed kind")),
@@ -460,6 +477,41 @@ impl<'a> Lab<'a> {
                         handle: Handle::Afxdp(afxdp),
                     });
                 }
+                AcceleratorKind::HttpFilter {
+                    iface,
+                    mode,
+                    policy,
+                    ..
+                } => {
+                    let end = self
+                        .ends
+                        .iter()
+                        .flatten()
+                        .find(|e| e.node == *node && e.iface == iface.value)
+                        .ok_or_else(|| {
+                            format!(
+                                "variant `{}`: node {node} has no interface {}",
+                                variant.name.value, iface.value
+                            )
+                        })?;
+                    let mode = match mode {
+                        MonitorMode::Auto => accel::AttachMode::Auto,
+                        MonitorMode::Native => accel::AttachMode::Native,
+                        MonitorMode::Generic => accel::AttachMode::Generic,
+                    };
+                    let filter =
+                        in_namespace(&end.ns, || HttpFilter::attach(&end.dev, mode, policy))?
+                            .map_err(|e| {
+                                format!(
+                                    "variant `{}`: attach the http_filter to {node}:{}: {e}",
+                                    variant.name.value, iface.value
+                                )
+                            })?;
+                    attached.push(Attached {
+                        label: format!("http_filter.{node}-{}", iface.value),
+                        handle: Handle::HttpFilter(Box::new(filter)),
+                    });
+                }
                 AcceleratorKind::CpuBalance { iface, weights } => {
                     let [end, peer] = self.link_of(variant, node, &iface.value)?;
                     let balancer = Balancer::attach(end, peer, weights)
@@ -568,12 +620,7 @@ impl<'a> Lab<'a> {
             .scenario
             .workloads
             .iter()
-            .filter(|w| {
-                matches!(
-                    w.kind,
-                    WorkloadKind::TcpRr { .. } | WorkloadKind::TcpStream { .. }
-                )
-            })
+            .filter(|w| !matches!(w.kind, WorkloadKind::UdpEcho { .. }))
             .flat_map(|w| [w.from.value.as_str(), w.to.node.value.as_str()])
             .map(|node| self.netns.get(node).copied().unwrap_or(""))
             .collect();
@@ -691,14 +738,57 @@ impl<'a> Lab<'a> {
                 },
             )
             .map(Outcome::Udp),
-            WorkloadKind::Http { .. } => {
-                return Err(format!(
-                    "workload http to {}: the runner has no HTTP client yet",
-                    w.to.node.value
-                ));
+            WorkloadKind::HttpUpload {
+                size,
+                files,
+                connections,
+            } => self.http(
+                &client,
+                w,
+                HttpOp::Upload { size, files },
+                connections,
+                stop,
+            ),
+            WorkloadKind::HttpDownload { size, connections } => {
+                self.http(&client, w, HttpOp::Download { size }, connections, stop)
             }
+            WorkloadKind::HttpSearch {
+                ref query,
+                connections,
+            } => self.http(
+                &client,
+                w,
+                HttpOp::Search {
+                    query: query.clone(),
+                },
+                connections,
+                stop,
+            ),
         }
         .map_err(failed)
+    }
+
+    /// Runs an HTTP workload against the deployed server.
+    fn http(
+        &self,
+        client: &Site,
+        w: &Workload,
+        op: HttpOp,
+        connections: usize,
+        stop: Stop,
+    ) -> Result<Outcome, workloads::Error> {
+        let token = self.token.clone().unwrap_or_default();
+        workloads::http(
+            client,
+            &Http {
+                addr: w.to.addr,
+                token,
+                op,
+                connections,
+                stop,
+            },
+        )
+        .map(Outcome::Http)
     }
 
     fn site(&self, node: &str, cpus: &[usize]) -> Site {
@@ -781,7 +871,43 @@ fn workload_metrics(
             // Each echo crosses the link twice.
             2 * u.received * *size as u64
         }
+        (Outcome::Http(h), _) => {
+            put("requests_per_s", h.rate());
+            put("bytes_per_s", h.byte_rate());
+            latency_metrics(&mut put, &h.latency);
+            h.bytes
+        }
         _ => 0,
+    }
+}
+
+/// The HTTP filter's counts over the window, as rates.
+fn http_filter_metrics(
+    label: &str,
+    before: &accel::http_filter::Totals,
+    after: &accel::http_filter::Totals,
+    elapsed: Duration,
+    metrics: &mut BTreeMap<String, f64>,
+) {
+    for (name, was, now) in [
+        ("packets_per_s", before.packets, after.packets),
+        (
+            "http_requests_per_s",
+            before.http_requests,
+            after.http_requests,
+        ),
+        ("dropped_per_s", before.dropped, after.dropped),
+        ("monitored_per_s", before.monitored, after.monitored),
+        (
+            "parse_failures_per_s",
+            before.parse_failures,
+            after.parse_failures,
+        ),
+    ] {
+        metrics.insert(
+            format!("{label}.{name}"),
+            per_second(now.saturating_sub(was) as f64, elapsed),
+        );
     }
 }
 
@@ -809,6 +935,11 @@ fn summary(outcomes: &[Outcome], labels: &[String]) -> String {
             ),
             Outcome::Stream(s) => format!("{label} {:.1} MB/s", s.rate() / 1e6),
             Outcome::Udp(u) => format!("{label} {:.0} echoes/s, {} lost", u.rate(), u.lost()),
+            Outcome::Http(h) => format!(
+                "{label} {:.0} req/s p99 {:.0} µs",
+                h.rate(),
+                LatencySummary::of(&h.latency).p99_us
+            ),
         })
         .collect::<Vec<_>>()
         .join(" · ")

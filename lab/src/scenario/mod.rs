@@ -13,8 +13,8 @@
 //! repetitions = 5                      # default 5
 //! warmup = "1s"                        # default 1s: unmeasured load before the first run
 //! window = "5s"                        # default 5s: workloads' default duration
-//! [deploy]                             # services per node
-//! server = ["redis"]                   # redis, juicefs, falkordb, disgrafs-server, disgrafs-tagger
+//! [deploy]                             # services per node (see `crate::deploy`); replaces
+//! server = ["redis"]                   # the topology's `[deploy]` when given
 //! [[variants]]                         # at least one; ratios are against the first
 //! name = "clean"
 //! impair = { "client:eth0" = {} }      # replaces the impairment of the link with this
@@ -31,8 +31,11 @@
 //! #       (or `weights = { "0" = 1, "1" = 3 }`; neither: every online CPU, weight 1)
 //! #       { kind = "rps", node, iface, cpus = [0, 1] }           the kernel's RPS (rps_cpus)
 //! # or { kind = "afxdp", node = "server", iface = "eth0", ports = [7777] }: AF_XDP echo
+//! # or { kind = "http_filter", node, iface, mode, policy = "policies/x.toml" } (relative to
+//! # this file; grammar in accel's http_filter::policy)
 //! [[workloads]]
-//! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http
+//! kind = "tcp_rr"                      # tcp_rr | tcp_stream | udp_echo | http_upload |
+//!                                      # http_download | http_search
 //! from = "client"                      # the node that runs the client
 //! to = "server:5201"                   # the node that runs the server, and its port
 //! size = 64                            # tcp_rr: request = response = size (or `request`,
@@ -45,7 +48,10 @@
 //! to_cpus = [1]                        # CPUs for the server's threads
 //! # tcp_stream: message (default 131072), write (default = message), connections
 //! # udp_echo:   pps (offered packets/s, default 10000), size (default 64)
-//! # http:       method ("GET" | "PUT"), path (default "/"), size (default 4096), connections
+//! # http_upload:   size (default 65536), files (names per connection, default 16), connections
+//! # http_download: size (default 65536), connections
+//! # http_search:   query (default "name=lab"), connections
+//! # (http_*: `to` is the node running disgrafs-server, port 8080; the token comes from [deploy])
 //! [[events]]                           # optional, in time order from the start of each run
 //! at = "2s"
 //! link = "client:eth0"                 # any endpoint of the link
@@ -62,6 +68,7 @@ use std::{fmt, io};
 use crate::topology::diag::Sink;
 use crate::topology::{Diagnostics, Impairment, Nanos, Span, Spanned, Topology};
 
+pub use crate::deploy::{Deployment, Service};
 pub use schedule::{Slot, schedule};
 
 /// A checked scenario.
@@ -85,7 +92,7 @@ pub struct Scenario {
     pub variants: Vec<Variant>,
     /// The workloads, run together in every measured run.
     pub workloads: Vec<Workload>,
-    /// Services to start, per node.
+    /// Services to start, per node: the scenario's `[deploy]`, else its topology's.
     pub deploy: Vec<Deployment>,
     /// Link events, in time order, relative to the start of each run.
     pub events: Vec<Event>,
@@ -189,6 +196,18 @@ pub enum AcceleratorKind {
         /// UDP destination ports echoed from user space.
         ports: Vec<u16>,
     },
+    /// The XDP HTTP request filter on an interface (`accel::http_filter`), with a policy
+    /// read from a file (relative to the scenario file).
+    HttpFilter {
+        /// The interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// How the XDP program is attached.
+        mode: MonitorMode,
+        /// The policy file.
+        policy_file: PathBuf,
+        /// The policy it holds.
+        policy: Box<accel::http_filter::Policy>,
+    },
 }
 
 /// XDP attach mode of the monitor's opt-in XDP counter.
@@ -204,7 +223,14 @@ pub enum MonitorMode {
 }
 
 /// Names of the accelerator kinds, for help texts.
-pub const ACCELERATOR_KINDS: &[&str] = &["monitor", "sock_redirect", "cpu_balance", "rps", "afxdp"];
+pub const ACCELERATOR_KINDS: &[&str] = &[
+    "monitor",
+    "sock_redirect",
+    "cpu_balance",
+    "rps",
+    "afxdp",
+    "http_filter",
+];
 
 /// A load generator between two nodes.
 #[derive(Clone, Debug)]
@@ -265,88 +291,55 @@ pub enum WorkloadKind {
         /// Datagram payload size.
         size: usize,
     },
-    /// HTTP requests to a service.
-    Http {
-        /// The method.
-        method: HttpMethod,
-        /// The request path.
-        path: String,
-        /// Body size of a PUT, expected size of a GET.
+    /// Uploads (`PUT /api/files/NAME`) to a DisGraFS server, each connection cycling over
+    /// its own set of file names (so the stored data stays bounded).
+    HttpUpload {
+        /// Bytes per file.
         size: usize,
+        /// File names per connection.
+        files: usize,
+        /// Concurrent connections.
+        connections: usize,
+    },
+    /// Downloads (`GET /api/files/NAME`) of one file of `size` bytes, uploaded before the run.
+    HttpDownload {
+        /// Bytes of the file.
+        size: usize,
+        /// Concurrent connections.
+        connections: usize,
+    },
+    /// Searches (`GET /api/search?QUERY`).
+    HttpSearch {
+        /// The query string, like `name=lab` or `tags=pdf`.
+        query: String,
         /// Concurrent connections.
         connections: usize,
     },
 }
 
 impl WorkloadKind {
-    /// The kind's name in files: `tcp_rr`, `tcp_stream`, `udp_echo` or `http`.
+    /// The kind's name in files (one of [`WORKLOAD_KINDS`]).
     pub fn name(&self) -> &'static str {
         match self {
             WorkloadKind::TcpRr { .. } => "tcp_rr",
             WorkloadKind::TcpStream { .. } => "tcp_stream",
             WorkloadKind::UdpEcho { .. } => "udp_echo",
-            WorkloadKind::Http { .. } => "http",
+            WorkloadKind::HttpUpload { .. } => "http_upload",
+            WorkloadKind::HttpDownload { .. } => "http_download",
+            WorkloadKind::HttpSearch { .. } => "http_search",
         }
     }
 }
 
 /// Names of the workload kinds, for help texts.
-pub const WORKLOAD_KINDS: &[&str] = &["tcp_rr", "tcp_stream", "udp_echo", "http"];
-
-/// HTTP methods of the `http` workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpMethod {
-    /// Download.
-    Get,
-    /// Upload.
-    Put,
-}
-
-/// Services started on one node.
-#[derive(Clone, Debug)]
-pub struct Deployment {
-    /// The node.
-    pub node: Spanned<String>,
-    /// The services, in file order.
-    pub services: Vec<Spanned<Service>>,
-}
-
-/// The services the lab can deploy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
-    /// Redis (the DisGraFS tag queue and JuiceFS metadata).
-    Redis,
-    /// A JuiceFS mount.
-    Juicefs,
-    /// FalkorDB (the graph store).
-    Falkordb,
-    /// The DisGraFS HTTP server.
-    DisgrafsServer,
-    /// A DisGraFS tagger worker.
-    DisgrafsTagger,
-}
-
-impl Service {
-    /// Every service, in the order of [`Service::name`]s in help texts.
-    pub const ALL: [Service; 5] = [
-        Service::Redis,
-        Service::Juicefs,
-        Service::Falkordb,
-        Service::DisgrafsServer,
-        Service::DisgrafsTagger,
-    ];
-
-    /// The name used in files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Redis => "redis",
-            Service::Juicefs => "juicefs",
-            Service::Falkordb => "falkordb",
-            Service::DisgrafsServer => "disgrafs-server",
-            Service::DisgrafsTagger => "disgrafs-tagger",
-        }
-    }
-}
+pub const WORKLOAD_KINDS: &[&str] = &[
+    "tcp_rr",
+    "tcp_stream",
+    "udp_echo",
+    "http_upload",
+    "http_download",
+    "http_search",
+];
 
 /// A change to a link at a given time of each run.
 #[derive(Clone, Debug)]

@@ -5,9 +5,8 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 
 use super::{
-    ACCELERATOR_KINDS, Accelerator, AcceleratorKind, Deployment, Event, EventAction, HttpMethod,
-    LinkImpairment, LinkRef, MonitorMode, Scenario, Service, Target, Variant, WORKLOAD_KINDS,
-    Workload, WorkloadKind,
+    ACCELERATOR_KINDS, Accelerator, AcceleratorKind, Event, EventAction, LinkImpairment, LinkRef,
+    MonitorMode, Scenario, Target, Variant, WORKLOAD_KINDS, Workload, WorkloadKind,
 };
 use crate::topology::diag::{Issue, Sink};
 use crate::topology::value::{self, Fields, Value};
@@ -38,6 +37,7 @@ const RPS: &[&str] = &["kind", "node", "iface", "cpus"];
 /// Weights `accel::cpu_balance` accepts.
 const WEIGHT: RangeInclusive<u64> = 0..=accel::cpu_balance::MAX_WEIGHT as u64;
 const AFXDP: &[&str] = &["kind", "node", "iface", "ports"];
+const HTTP_FILTER: &[&str] = &["kind", "node", "iface", "mode", "policy"];
 const EVENT: &[&str] = &["at", "link", "set"];
 const COMMON: &[&str] = &[
     "kind",
@@ -51,7 +51,9 @@ const COMMON: &[&str] = &[
 const TCP_RR: &[&str] = &["size", "request", "response", "connections"];
 const TCP_STREAM: &[&str] = &["message", "write", "connections"];
 const UDP_ECHO: &[&str] = &["pps", "size"];
-const HTTP: &[&str] = &["method", "path", "size", "connections"];
+const HTTP_UPLOAD: &[&str] = &["size", "files", "connections"];
+const HTTP_DOWNLOAD: &[&str] = &["size", "connections"];
+const HTTP_SEARCH: &[&str] = &["query", "connections"];
 
 const NAME_MAX: usize = 32;
 const DEFAULT_REPETITIONS: u32 = 5;
@@ -60,6 +62,10 @@ const DEFAULT_WINDOW: Nanos = Nanos(5_000_000_000);
 /// Largest message of a TCP workload: 16 MiB.
 const MESSAGE: RangeInclusive<u64> = 1..=1 << 24;
 const CONNECTIONS: RangeInclusive<u64> = 1..=1024;
+/// Bytes of an uploaded or downloaded file (at most 256 MiB).
+const HTTP_BODY: RangeInclusive<u64> = 1..=1 << 28;
+/// File names an upload connection cycles over.
+const HTTP_FILES: RangeInclusive<u64> = 1..=4096;
 /// A UDP echo datagram carries a sequence number and a send time (16 bytes), and fits IPv4.
 const DATAGRAM: RangeInclusive<u64> = 16..=65_507;
 const PPS: RangeInclusive<u64> = 1..=10_000_000;
@@ -108,11 +114,12 @@ pub(super) fn read(
     let window = top.get("window").map_or(Some(DEFAULT_WINDOW), |v| {
         duration(v, "`window`", true, sink)
     });
-    let deploy = top
-        .get("deploy")
-        .map_or(Some(Vec::new()), |v| read_deploy(v, topo, sink));
+    let deploy = match top.get("deploy") {
+        Some(v) => crate::deploy::read(v, topo.map(|t| &t.nodes[..]), sink),
+        None => Some(topo.map_or_else(Vec::new, |t| t.deploy.clone())),
+    };
     let variants = read_list(&mut top, "variants", sink, |v, sink| {
-        read_variant(v, topo, sink)
+        read_variant(v, topo, base, sink)
     });
     let workloads = read_list(&mut top, "workloads", sink, |v, sink| {
         read_workload(v, topo, window.unwrap_or(DEFAULT_WINDOW), sink)
@@ -360,37 +367,12 @@ fn link_ref(text: &Spanned<String>, topo: Option<&Topology>, sink: &mut Sink) ->
     }
 }
 
-fn read_deploy(value: &Value, topo: Option<&Topology>, sink: &mut Sink) -> Option<Vec<Deployment>> {
-    let mut fields = Fields::of(value, "`deploy`", sink)?;
-    let mut ok = true;
-    let mut out = Vec::new();
-    for (node, list) in fields.rest() {
-        ok &= topo.is_none_or(|t| check_node(node, t, sink));
-        let mut services = Vec::new();
-        for name in value::strings(list, &format!("services of `{}`", node.value), sink) {
-            match Service::ALL.iter().find(|s| s.name() == name.value) {
-                Some(service) => services.push(Spanned::new(*service, name.span)),
-                None => {
-                    ok = false;
-                    let known: Vec<&str> = Service::ALL.iter().map(|s| s.name()).collect();
-                    sink.error(
-                        "scenario::unknown_service",
-                        name.span,
-                        format!("unknown service `{}`", name.value),
-                    )
-                    .help(format!("services: {}", known.join(", ")));
-                }
-            }
-        }
-        out.push(Deployment {
-            node: node.clone(),
-            services,
-        });
-    }
-    ok.then_some(out)
-}
-
-fn read_variant(value: &Value, topo: Option<&Topology>, sink: &mut Sink) -> Option<Variant> {
+fn read_variant(
+    value: &Value,
+    topo: Option<&Topology>,
+    base: &Path,
+    sink: &mut Sink,
+) -> Option<Variant> {
     let mut fields = Fields::of(value, "a variant", sink)?;
     let name = match fields.get("name") {
         Some(v) => value::string(v, "`name`", sink).filter(|n| check_name(n, "variant", sink)),
@@ -400,7 +382,7 @@ fn read_variant(value: &Value, topo: Option<&Topology>, sink: &mut Sink) -> Opti
         }
     };
     let accelerators = read_list(&mut fields, "accelerators", sink, |v, sink| {
-        read_accelerator(v, topo, sink)
+        read_accelerator(v, topo, base, sink)
     })
     .filter(|a| one_sock_redirect(a, sink));
     let impair = match fields.get("impair") {
@@ -465,6 +447,7 @@ fn read_overrides(
 fn read_accelerator(
     value: &Value,
     topo: Option<&Topology>,
+    base: &Path,
     sink: &mut Sink,
 ) -> Option<Accelerator> {
     let mut fields = Fields::of(value, "an accelerator", sink)?;
@@ -532,6 +515,49 @@ fn read_accelerator(
             AcceleratorKind::Afxdp {
                 iface: iface?,
                 ports: ports?,
+            }
+        }
+        "http_filter" => {
+            let iface = fields
+                .get("iface")
+                .and_then(|v| value::string(v, "`iface`", sink));
+            let policy = fields
+                .get("policy")
+                .and_then(|v| value::string(v, "`policy`", sink));
+            if fields.key_span("iface").is_none() || fields.key_span("policy").is_none() {
+                missing(
+                    sink,
+                    fields.span,
+                    "the http_filter needs `iface` and `policy`",
+                )
+                .help("like `iface = \"eth0\"`, `policy = \"policies/monitor.toml\"`");
+            }
+            let mode = match fields.get("mode") {
+                Some(v) => monitor_mode(v, sink),
+                None => Some(MonitorMode::Auto),
+            };
+            fields.finish(sink, "the http_filter", HTTP_FILTER, &[]);
+            let iface = iface.filter(|i| match (topo, &node) {
+                (Some(t), Some(n)) => check_iface(t, n, i, sink),
+                _ => true,
+            });
+            let policy = policy.and_then(|p| {
+                let path = base.join(&p.value);
+                match accel::http_filter::Policy::from_file(&path) {
+                    Ok(policy) => Some((path, policy)),
+                    Err(e) => {
+                        sink.error("scenario::bad_policy", p.span, e.to_string())
+                            .help("the grammar is in ebpf/accel/src/http_filter/policy.rs");
+                        None
+                    }
+                }
+            });
+            let (policy_file, policy) = policy?;
+            AcceleratorKind::HttpFilter {
+                iface: iface?,
+                mode: mode?,
+                policy_file,
+                policy: Box::new(policy),
             }
         }
         other => {
@@ -941,37 +967,65 @@ fn read_workload(
             })();
             (kind, UDP_ECHO)
         }
-        "http" => {
-            let method = match f.get("method") {
-                Some(v) => http_method(v, sink),
-                None => Some(HttpMethod::Get),
-            };
-            let path = match f.get("path") {
-                Some(v) => value::string(v, "`path`", sink).and_then(|p| {
-                    if p.value.starts_with('/') {
-                        Some(p.value)
-                    } else {
-                        sink.error(
-                            "scenario::bad_path",
-                            p.span,
-                            format!("the path `{}` does not start with `/`", p.value),
-                        );
-                        None
-                    }
-                }),
-                None => Some("/".to_owned()),
-            };
-            let size = field(f, "size", 4096, MESSAGE, sink);
+        "http_upload" => {
+            let size = field(f, "size", 65_536, HTTP_BODY, sink);
+            let files = field(f, "files", 16, HTTP_FILES, sink);
             let connections = field(f, "connections", 1, CONNECTIONS, sink);
             let kind = (|| {
-                Some(WorkloadKind::Http {
-                    method: method?,
-                    path: path?,
+                Some(WorkloadKind::HttpUpload {
+                    size: size? as usize,
+                    files: files? as usize,
+                    connections: connections? as usize,
+                })
+            })();
+            (kind, HTTP_UPLOAD)
+        }
+        "http_download" => {
+            let size = field(f, "size", 65_536, HTTP_BODY, sink);
+            let connections = field(f, "connections", 1, CONNECTIONS, sink);
+            let kind = (|| {
+                Some(WorkloadKind::HttpDownload {
                     size: size? as usize,
                     connections: connections? as usize,
                 })
             })();
-            (kind, HTTP)
+            (kind, HTTP_DOWNLOAD)
+        }
+        "http_search" => {
+            let query = match f.get("query") {
+                Some(v) => value::string(v, "`query`", sink).and_then(|q| {
+                    let bad = q
+                        .value
+                        .bytes()
+                        .find(|b| !b.is_ascii_graphic() || matches!(b, b'#' | b'?'));
+                    match bad {
+                        None => Some(q.value),
+                        Some(b) => {
+                            sink.error(
+                                "scenario::bad_query",
+                                q.span,
+                                format!(
+                                    "the query `{}` has the character {:?}, which a query \
+                                     string cannot hold",
+                                    q.value,
+                                    char::from(b)
+                                ),
+                            )
+                            .help("write it URL-encoded, like `tags=pdf&name=lab`");
+                            None
+                        }
+                    }
+                }),
+                None => Some("name=lab".to_owned()),
+            };
+            let connections = field(f, "connections", 1, CONNECTIONS, sink);
+            let kind = (|| {
+                Some(WorkloadKind::HttpSearch {
+                    query: query?,
+                    connections: connections? as usize,
+                })
+            })();
+            (kind, HTTP_SEARCH)
         }
         other => {
             sink.error(
@@ -1007,23 +1061,6 @@ fn cpus(fields: &mut Fields<'_>, name: &str, sink: &mut Sink) -> Option<Vec<usiz
         .map(|v| bounded(v, "a CPU number", CPU, sink).map(|n| n as usize))
         .collect();
     read.into_iter().collect()
-}
-
-fn http_method(value: &Value, sink: &mut Sink) -> Option<HttpMethod> {
-    let text = value::string(value, "`method`", sink)?;
-    match text.value.as_str() {
-        "GET" => Some(HttpMethod::Get),
-        "PUT" => Some(HttpMethod::Put),
-        other => {
-            sink.error(
-                "scenario::bad_method",
-                text.span,
-                format!("unsupported HTTP method `{other}`"),
-            )
-            .help("expected GET or PUT");
-            None
-        }
-    }
 }
 
 /// Reads `to = "node:port"` and finds the address the client connects to.

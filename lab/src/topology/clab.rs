@@ -261,6 +261,7 @@ pub(crate) fn read(root: &Value, sink: &mut Sink) -> Option<Topology> {
         nodes,
         links,
         pools,
+        deploy: Vec::new(),
     })
 }
 

@@ -37,6 +37,8 @@ pub struct Topology {
     pub links: Vec<Link>,
     /// Where addresses omitted in the file come from.
     pub pools: Pools,
+    /// Services started in its nodes (`[deploy]`).
+    pub deploy: Vec<crate::deploy::Deployment>,
 }
 
 impl Topology {

@@ -8,7 +8,7 @@ use super::units::{Cidr, DURATION_UNITS, Nanos, Percent, RATE_UNITS, Rate};
 use super::value::{self, Fields, Kind, Value};
 use super::{default_pools, endpoint};
 
-const TOP: &[&str] = &["name", "pool", "nodes", "links"];
+const TOP: &[&str] = &["name", "pool", "nodes", "links", "deploy"];
 const POOL: &[&str] = &["ipv4", "ipv6"];
 const NODE: &[&str] = &[
     "kind",
@@ -66,6 +66,10 @@ pub(crate) fn read(root: &Value, sink: &mut Sink) -> Option<Topology> {
             links.extend(link(item, sink));
         }
     }
+    let deploy = match top.get("deploy") {
+        Some(v) => crate::deploy::read(v, Some(&nodes), sink),
+        None => Some(Vec::new()),
+    };
     top.finish(sink, "the topology", TOP, &[]);
     let name = name?;
     let defaults = default_pools(&name.value);
@@ -79,6 +83,7 @@ pub(crate) fn read(root: &Value, sink: &mut Sink) -> Option<Topology> {
         nodes,
         links,
         pools,
+        deploy: deploy?,
     })
 }
 

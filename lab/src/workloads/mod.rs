@@ -1,4 +1,5 @@
-//! Load generators: [`tcp_rr`], [`tcp_stream`] and [`udp_echo`].
+//! Load generators: [`tcp_rr`], [`tcp_stream`], [`udp_echo`], and [`http`] against a deployed
+//! DisGraFS server.
 //!
 //! Each runs its server and client sides on threads of this process: every thread first enters
 //! its side's network namespace ([`Site::netns`], with `setns`) and pins itself to one of its
@@ -8,6 +9,7 @@
 //! ([`Stop`]), all its threads are joined before it returns, and a side that stops answering
 //! for [`IDLE_TIMEOUT`] ends the run with an error instead of hanging it.
 
+mod http;
 mod tcp_rr;
 mod tcp_stream;
 mod udp_echo;
@@ -21,6 +23,7 @@ use std::{fmt, io};
 use hdrhistogram::Histogram;
 use rustix::thread::{CpuSet, LinkNameSpaceType, move_into_link_name_space, sched_setaffinity};
 
+pub use http::{Http, HttpOp, HttpResult, http};
 pub use tcp_rr::{TcpRr, TcpRrResult, tcp_rr};
 pub use tcp_stream::{TcpStream, TcpStreamResult, tcp_stream};
 pub use udp_echo::{UdpEcho, UdpEchoResult, udp_echo};

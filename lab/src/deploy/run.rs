@@ -1,0 +1,642 @@
+//! Starting and stopping deployed services.
+//!
+//! Every service is a child process spawned from a thread inside its node's network namespace
+//! (the host node: the lab's own), in a process group of its own, stdin from /dev/null and
+//! stdout and stderr into `DIR/logs/SERVICE-NODE.log`, where `DIR` is the lab's run directory
+//! next to its state file (`<state dir>/<prefix>/<lab>.d/`, also holding Redis' and JuiceFS'
+//! data). Before a service is spawned its mount point (JuiceFS) is recorded in the lab's state
+//! file, and its PID with its start time right after: [`stop_recorded`], which `lab down` runs
+//! before removing namespaces, stops exactly these processes (SIGTERM to the group, SIGKILL
+//! after 10 s) — also after a crash of the process that started them — then unmounts what is
+//! still mounted and removes the run directory.
+//!
+//! Each service is checked before the next one starts: Redis and FalkorDB answer `PING`,
+//! JuiceFS is in `/proc/self/mountinfo` (it runs in the foreground: no daemonizing, so no
+//! inherited pipe can hold anything open), the server answers `GET /healthz` with 200, a
+//! tagger is still running after a second. Addresses: a service on the same node is reached
+//! over 127.0.0.1, one on another node over that node's first address (IPv4 first).
+
+use std::fs::{self, File};
+use std::io::{self, Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Deployment, FALKORDB_PORT, REDIS_PORT, SERVER_PORT, Service, node_of};
+use crate::state::{LabState, StateDir};
+use crate::topology::{Plan, Step, Topology};
+
+/// How long a service may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped service may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a service could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A program was not found.
+    #[error("{program} not found (looked in {}); {hint}", .looked.join(", "))]
+    NotFound {
+        /// The program.
+        program: String,
+        /// Where it was looked for.
+        looked: Vec<String>,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// A service did not start or become ready.
+    #[error("{service} on node {node}: {message}")]
+    Service {
+        /// The service.
+        service: &'static str,
+        /// Its node.
+        node: String,
+        /// What went wrong (with the end of its log).
+        message: String,
+    },
+    /// Reading or writing the lab's state or run directory failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The services of a lab, as recorded in its state file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// The run directory (logs, data, mount points).
+    pub dir: PathBuf,
+    /// The write token of the DisGraFS server (also in `DIR/token`).
+    pub token: String,
+    /// Where clients on other nodes reach the DisGraFS server, if one is deployed.
+    pub server: Option<SocketAddr>,
+    /// Mount points, recorded before the mount is made.
+    pub mounts: Vec<PathBuf>,
+    /// The processes, in start order.
+    pub services: Vec<ServiceRecord>,
+}
+
+/// One running service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Which service.
+    pub service: Service,
+    /// Its node.
+    pub node: String,
+    /// Its PID (also its process group).
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/PID/stat`), so that a reused PID is
+    /// never signalled.
+    pub start_ticks: u64,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Where a program is looked for: `$DISGRAFS_LAB_BIN`, the directory of the running
+/// executable and its parent (a cargo target directory: `target/release/lab` next to
+/// `target/release/disgrafs-server`; tests run from `target/debug/deps`), the tools directory
+/// `./setup` fills (`$DISGRAFS_LAB_TOOLS`, default `/opt/disgrafs-lab`, its `bin/`), then
+/// `PATH`.
+pub fn binary(program: &str) -> Result<PathBuf, Error> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("DISGRAFS_LAB_BIN").filter(|d| !d.is_empty()) {
+        dirs.push(dir.into());
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_owned());
+        dirs.extend(dir.parent().map(Path::to_owned));
+    }
+    dirs.push(tools_dir().join("bin"));
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    for dir in &dirs {
+        let path = dir.join(program);
+        if path
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        {
+            return Ok(path);
+        }
+    }
+    Err(Error::NotFound {
+        program: program.to_owned(),
+        looked: dirs.iter().map(|d| d.display().to_string()).collect(),
+        hint: if program.starts_with("disgrafs") {
+            "build it with `cargo build --release -p disgrafs-server -p disgrafs-tagger` \
+             or set DISGRAFS_LAB_BIN to its directory"
+        } else {
+            "run ./setup to install it"
+        },
+    })
+}
+
+/// `$DISGRAFS_LAB_TOOLS`, default `/opt/disgrafs-lab`.
+fn tools_dir() -> PathBuf {
+    std::env::var_os("DISGRAFS_LAB_TOOLS")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from("/opt/disgrafs-lab"), PathBuf::from)
+}
+
+/// The lab as the starter sees it.
+struct Ctx<'a> {
+    deploy: &'a [Deployment],
+    topology: &'a Topology,
+    plan: &'a Plan,
+    states: &'a StateDir,
+    state: LabState,
+}
+
+impl Ctx<'_> {
+    fn deployed(&mut self) -> &mut Deployed {
+        self.state.deployed.get_or_insert_with(Deployed::default)
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        self.states
+            .write(&self.state)
+            .map_err(io_error("writing the lab's state file"))
+    }
+
+    /// The namespace of `node` (`None`: the host's).
+    fn netns(&self, node: &str) -> Option<String> {
+        self.plan.steps.iter().find_map(|s| match s {
+            Step::CreateNamespace { ns, node: n } if n == node => Some(ns.clone()),
+            _ => None,
+        })
+    }
+
+    /// How a client on node `from` reaches `service` on port `port`.
+    fn addr(&self, from: &str, service: Service, port: u16) -> Result<SocketAddr, Error> {
+        let node = node_of(self.deploy, service).unwrap_or(from);
+        if node == from {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+        node_addr(self.topology, node)
+            .map(|ip| SocketAddr::new(ip, port))
+            .ok_or_else(|| Error::Service {
+                service: service.name(),
+                node: node.to_owned(),
+                message: format!("node {node} has no address that node {from} could use"),
+            })
+    }
+}
+
+/// The first address of `node` in `topology`, IPv4 first.
+pub(crate) fn node_addr(topology: &Topology, node: &str) -> Option<IpAddr> {
+    let addresses: Vec<IpAddr> = topology
+        .links
+        .iter()
+        .flat_map(|l| l.endpoints.iter().zip(&l.addresses))
+        .filter(|(e, _)| e.node.value == node)
+        .flat_map(|(_, addrs)| addrs.iter().map(|c| c.addr))
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .copied()
+}
+
+/// Starts the services of `deploy` in the lab of `plan` (which is up, with its state file in
+/// `states`), in the order of [`Service::ALL`], each checked before the next one starts, and
+/// records them in the state file. On an error some may be running: they are recorded, and
+/// [`stop_recorded`] (or `lab down`) stops them.
+pub fn start(
+    deploy: &[Deployment],
+    topology: &Topology,
+    plan: &Plan,
+    states: &StateDir,
+) -> Result<Deployed, Error> {
+    let state = states
+        .read(&plan.prefix, &plan.lab)
+        .map_err(io_error("reading the lab's state file"))?
+        .ok_or_else(|| Error::Io {
+            what: format!("lab {} has no state file", plan.lab),
+            source: io::ErrorKind::NotFound.into(),
+        })?;
+    let mut ctx = Ctx {
+        deploy,
+        topology,
+        plan,
+        states,
+        state,
+    };
+    let dir = states.run_dir(&plan.prefix, &plan.lab);
+    fs::create_dir_all(dir.join("logs"))
+        .map_err(io_error(format!("creating {}", dir.display())))?;
+    let token = random_token().map_err(io_error("reading /dev/urandom"))?;
+    write_private(&dir.join("token"), &token)?;
+    let server = node_of(deploy, Service::DisgrafsServer)
+        .and_then(|node| node_addr(topology, node))
+        .map(|ip| SocketAddr::new(ip, SERVER_PORT));
+    *ctx.deployed() = Deployed {
+        dir,
+        token,
+        server,
+        mounts: Vec::new(),
+        services: Vec::new(),
+    };
+    ctx.save()?;
+    for service in Service::ALL {
+        for d in deploy {
+            if d.services.iter().any(|s| s.value == service) {
+                start_one(&mut ctx, service, &d.node.value)?;
+            }
+        }
+    }
+    Ok(ctx.state.deployed.unwrap_or_default())
+}
+
+fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Error> {
+    let fail = |message: String| Error::Service {
+        service: service.name(),
+        node: node.to_owned(),
+        message,
+    };
+    let ns = ctx.netns(node);
+    let dir = ctx.deployed().dir.clone();
+    let log = dir
+        .join("logs")
+        .join(format!("{}-{node}.log", service.name()));
+    let data = dir.join(format!("{}-{node}", service.name()));
+    if matches!(
+        service,
+        Service::Redis | Service::Falkordb | Service::Juicefs
+    ) {
+        fs::create_dir_all(&data).map_err(io_error(format!("creating {}", data.display())))?;
+    }
+    let jfs_mount = dir.join("jfs");
+    // The server's data directory; taggers on other nodes see it too (netns nodes share the
+    // host's file systems).
+    let files = if node_of(ctx.deploy, Service::Juicefs).is_some() {
+        jfs_mount.join("disgrafs")
+    } else {
+        dir.join("disgrafs")
+    };
+    let mut command;
+    match service {
+        Service::Redis | Service::Falkordb => {
+            let (program, port) = if service == Service::Redis {
+                ("redis-server", REDIS_PORT)
+            } else {
+                ("falkordb-server", FALKORDB_PORT)
+            };
+            command = Command::new(binary(program)?);
+            command
+                .args(["--port", &port.to_string(), "--bind", "* -::*"])
+                .args(["--protected-mode", "no", "--daemonize", "no", "--save", ""])
+                .args(["--appendonly", "no"])
+                .arg("--dir")
+                .arg(&data);
+            if service == Service::Falkordb {
+                command
+                    .arg("--loadmodule")
+                    .arg(tools_dir().join("lib/falkordb.so"));
+            }
+        }
+        Service::Juicefs => {
+            let meta = format!("redis://{}/1", ctx.addr(node, Service::Redis, REDIS_PORT)?);
+            let juicefs = binary("juicefs")?;
+            let mut format = Command::new(&juicefs);
+            format
+                .arg("format")
+                .arg(&meta)
+                .arg(format!("dgl-{}", ctx.plan.lab.replace('_', "-")))
+                .args(["--storage", "file", "--bucket"])
+                .arg(format!("{}/", data.join("bucket").display()))
+                .arg("--no-update");
+            let child = spawn(ns.as_deref(), format, &log).map_err(|e| fail(e.to_string()))?;
+            wait_exit(child, &log).map_err(|e| fail(format!("juicefs format: {e}")))?;
+            fs::create_dir_all(&jfs_mount)
+                .map_err(io_error(format!("creating {}", jfs_mount.display())))?;
+            ctx.deployed().mounts.push(jfs_mount.clone());
+            ctx.save()?;
+            command = Command::new(&juicefs);
+            command
+                .arg("mount")
+                .arg(&meta)
+                .arg(&jfs_mount)
+                .arg("--cache-dir")
+                .arg(data.join("cache"))
+                .arg("--no-usage-report");
+        }
+        Service::DisgrafsServer => {
+            fs::create_dir_all(&files)
+                .map_err(io_error(format!("creating {}", files.display())))?;
+            command = Command::new(binary("disgrafs-server")?);
+            command
+                .args(["--listen", &format!("[::]:{SERVER_PORT}")])
+                .arg("--data")
+                .arg(&files)
+                .env("DISGRAFS_TOKEN", &ctx.deployed().token);
+            if node_of(ctx.deploy, Service::Redis).is_some() {
+                let redis = ctx.addr(node, Service::Redis, REDIS_PORT)?;
+                command.arg("--redis").arg(format!("redis://{redis}/0"));
+                if node_of(ctx.deploy, Service::DisgrafsTagger).is_none() {
+                    command.args(["--workers", "1"]);
+                }
+            }
+            if node_of(ctx.deploy, Service::Falkordb).is_some() {
+                let falkordb = ctx.addr(node, Service::Falkordb, FALKORDB_PORT)?;
+                command.arg("--falkordb").arg(format!("redis://{falkordb}"));
+            }
+        }
+        Service::DisgrafsTagger => {
+            let redis = ctx.addr(node, Service::Redis, REDIS_PORT)?;
+            command = Command::new(binary("disgrafs-tagger")?);
+            command
+                .arg("--redis")
+                .arg(format!("redis://{redis}/0"))
+                .arg("--data")
+                .arg(&files)
+                .args(["--consumer", &format!("tagger-{node}")]);
+            if node_of(ctx.deploy, Service::Falkordb).is_some() {
+                let falkordb = ctx.addr(node, Service::Falkordb, FALKORDB_PORT)?;
+                command.arg("--falkordb").arg(format!("redis://{falkordb}"));
+            }
+        }
+    }
+    let mut child = spawn(ns.as_deref(), command, &log).map_err(|e| fail(e.to_string()))?;
+    let pid = child.id();
+    ctx.deployed().services.push(ServiceRecord {
+        service,
+        node: node.to_owned(),
+        pid,
+        start_ticks: start_ticks(pid).unwrap_or(0),
+        log: log.clone(),
+    });
+    ctx.save()?;
+    let ready = || -> Result<bool, String> {
+        Ok(match service {
+            Service::Redis => in_ns(ns.as_deref(), || ping(REDIS_PORT))?,
+            Service::Falkordb => in_ns(ns.as_deref(), || ping(FALKORDB_PORT))?,
+            Service::Juicefs => mounted(&jfs_mount),
+            Service::DisgrafsServer => in_ns(ns.as_deref(), healthz)?,
+            Service::DisgrafsTagger => true,
+        })
+    };
+    let started = Instant::now();
+    if service == Service::DisgrafsTagger {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+            return Err(fail(format!("exited with {status}: {}", tail(&log))));
+        }
+        if ready().map_err(&fail)? {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(fail(format!(
+                "not ready within {READY_TIMEOUT:?}: {}",
+                tail(&log)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Spawns `command` inside namespace `ns` in a process group of its own, output into `log`.
+fn spawn(ns: Option<&str>, mut command: Command, log: &Path) -> io::Result<Child> {
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let program = command.get_program().to_string_lossy().into_owned();
+    match ns {
+        Some(ns) => lab_netlink::Netns::open(ns)
+            .map_err(io::Error::other)?
+            .run(move || command.spawn())
+            .map_err(io::Error::other)?,
+        None => command.spawn(),
+    }
+    .map_err(|e| io::Error::new(e.kind(), format!("starting {program}: {e}")))
+}
+
+/// Runs `f` on a thread inside `ns` (or here).
+fn in_ns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    match ns {
+        Some(ns) => lab_netlink::Netns::open(ns)
+            .and_then(|n| n.run(f))
+            .map_err(|e| e.to_string()),
+        None => Ok(f()),
+    }
+}
+
+/// Waits for a short-lived command to exit successfully.
+fn wait_exit(mut child: Child, log: &Path) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("exited with {status}: {}", tail(log)))
+            };
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "did not finish within {READY_TIMEOUT:?}: {}",
+                tail(log)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a Redis server on 127.0.0.1:`port` answers `PING`.
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// Whether the DisGraFS server on 127.0.0.1 answers `GET /healthz` with 200.
+fn healthz() -> bool {
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, SERVER_PORT)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reply = [0u8; 12];
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && reply.ends_with(b" 200")
+}
+
+/// Whether `path` is a mount point (in this process's mount namespace).
+fn mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|line| line.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// The start time of process `pid` in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Fields after the name start with the state (field 3); starttime is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is the recorded process and still running (not a zombie).
+fn running(record: &ServiceRecord) -> bool {
+    // Reaps it if it is our child that exited; harmless otherwise.
+    // SAFETY: waitpid with WNOHANG and a null status pointer only inspects a child.
+    unsafe { libc::waitpid(record.pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", record.pid)) else {
+        return false;
+    };
+    let zombie = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .is_some_and(|s| s == "Z");
+    !zombie && start_ticks(record.pid) == Some(record.start_ticks)
+}
+
+/// Sends `signal` to the process group of `record`.
+fn signal(record: &ServiceRecord, signal: i32) {
+    // SAFETY: kill has no memory effects; the group is the one the service was started in.
+    unsafe { libc::kill(-(record.pid as i32), signal) };
+}
+
+/// Stops the services in `deployed` (last started first), copies their logs into `logs` if
+/// given, unmounts its mounts and removes its run directory. Processes that are gone, or whose
+/// PID now belongs to another process, are left alone.
+pub fn stop(deployed: &Deployed, logs: Option<&Path>) -> Result<(), Error> {
+    for record in deployed.services.iter().rev() {
+        if !running(record) {
+            continue;
+        }
+        signal(record, libc::SIGTERM);
+        let started = Instant::now();
+        while running(record) && started.elapsed() < STOP_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if running(record) {
+            signal(record, libc::SIGKILL);
+            while running(record) && started.elapsed() < 2 * STOP_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let copied = logs.map_or(Ok(()), |out| collect_logs(deployed, out));
+    for mount in &deployed.mounts {
+        if mounted(mount) {
+            use rustix::mount::{UnmountFlags, unmount};
+            unmount(mount, UnmountFlags::empty())
+                .or_else(|_| unmount(mount, UnmountFlags::DETACH))
+                .map_err(|e| Error::Io {
+                    what: format!("unmounting {}", mount.display()),
+                    source: e.into(),
+                })?;
+        }
+    }
+    if deployed.mounts.iter().any(|m| mounted(m)) {
+        return Err(Error::Io {
+            what: format!("{} is still mounted", deployed.dir.display()),
+            source: io::ErrorKind::ResourceBusy.into(),
+        });
+    }
+    match fs::remove_dir_all(&deployed.dir) {
+        Ok(()) => copied,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => copied,
+        Err(e) => Err(io_error(format!("removing {}", deployed.dir.display()))(e)),
+    }
+}
+
+/// Stops what the state file of lab `lab` records (see [`stop`], which copies the logs into
+/// `logs`) and clears the record.
+pub fn stop_recorded(
+    states: &StateDir,
+    prefix: &str,
+    lab: &str,
+    logs: Option<&Path>,
+) -> Result<(), Error> {
+    let Some(mut state) = states
+        .read(prefix, lab)
+        .map_err(io_error("reading the lab's state file"))?
+    else {
+        return Ok(());
+    };
+    let Some(deployed) = state.deployed.take() else {
+        return Ok(());
+    };
+    stop(&deployed, logs)?;
+    states
+        .write(&state)
+        .map_err(io_error("writing the lab's state file"))
+}
+
+/// Copies the services' logs into `out` (made if missing).
+fn collect_logs(deployed: &Deployed, out: &Path) -> Result<(), Error> {
+    fs::create_dir_all(out).map_err(io_error(format!("creating {}", out.display())))?;
+    for record in &deployed.services {
+        if let Some(name) = record.log.file_name() {
+            match fs::copy(&record.log, out.join(name)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(format!("copying {}", record.log.display()))(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 128 random bits in hex.
+fn random_token() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to `path`, readable by the owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(io_error(format!("writing {}", path.display())))
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(6);
+    format!("{}: {}", path.display(), lines[start..].join(" | "))
+}

@@ -1,0 +1,345 @@
+//! `[deploy]` against the real kernel and real services (root): `lab up` starts Redis,
+//! FalkorDB, JuiceFS, the DisGraFS server and a tagger inside the lab's nodes, the HTTP
+//! workloads talk to that server from the client node, and `lab down` — run as after a crash
+//! of whatever started them, from the state file alone — stops every process and leaves no
+//! mount behind. Needs the disgrafs binaries: the tests build them first (`cargo build`).
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use lab::deploy::{Deployed, Service};
+use lab::state::StateDir;
+use lab::workloads::{Http, HttpOp, Site, Stop, http};
+
+/// Builds disgrafs-server and disgrafs-tagger into this test's target directory (the lab finds
+/// them next to its own binary).
+fn build_disgrafs() -> anyhow::Result<()> {
+    let mut command = Command::new(env!("CARGO"));
+    command.args([
+        "build",
+        "--quiet",
+        "-p",
+        "disgrafs-server",
+        "-p",
+        "disgrafs-tagger",
+    ]);
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    let status = command.status().context("running cargo build")?;
+    ensure!(
+        status.success(),
+        "cargo build of the disgrafs binaries: {status}"
+    );
+    Ok(())
+}
+
+/// A lab from `text` under a unique name and state directory; `Drop` runs `lab down`.
+struct TestLab {
+    name: String,
+    dir: PathBuf,
+    file: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+const PREFIX: &str = "dglt";
+
+impl TestLab {
+    fn new(text: &str) -> anyhow::Result<Self> {
+        let name = testkit::unique_name();
+        let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("lab.toml");
+        std::fs::write(&file, format!("name = \"{name}\"\n{text}"))?;
+        Ok(Self {
+            name,
+            dir,
+            file,
+            env: Vec::new(),
+        })
+    }
+
+    fn states(&self) -> StateDir {
+        StateDir::new(self.dir.join("state"))
+    }
+
+    fn lab(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
+        command
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(["--prefix", PREFIX])
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(command.output()?)
+    }
+
+    fn deployed(&self) -> anyhow::Result<Deployed> {
+        self.states()
+            .read(PREFIX, &self.name)?
+            .context("no state file")?
+            .deployed
+            .context("no services recorded")
+    }
+
+    fn netns(&self, node: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{PREFIX}-{}.{node}", self.name))
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Ok(out) = self.lab(&["down", &self.name])
+            && !out.status.success()
+        {
+            eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Client, server and tagger on one bridge, addresses from the pool.
+const TOPOLOGY: &str = r#"
+[nodes.lan]
+kind = "bridge"
+[nodes.client]
+[nodes.server]
+[nodes.tagger]
+[[links]]
+endpoints = ["client:eth0", "lan:p1"]
+[[links]]
+endpoints = ["server:eth0", "lan:p2"]
+[[links]]
+endpoints = ["tagger:eth0", "lan:p3"]
+[deploy]
+server = ["redis", "falkordb", "juicefs", "disgrafs-server"]
+tagger = ["disgrafs-tagger"]
+"#;
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)) != Some("Z"))
+}
+
+fn mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
+}
+
+/// `GET path` from inside namespace `netns`: status and body.
+fn get(netns: &Path, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let ns = lab_netlink::Netns::open(
+        netns
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("netns name")?,
+    )?;
+    let path = path.to_owned();
+    ns.run(move || -> anyhow::Result<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        let status = text.get(9..12).context("short response")?.parse()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Ok((status, body))
+    })?
+}
+
+#[test]
+fn deployed_disgrafs_serves_http_workloads_and_lab_down_stops_everything() -> anyhow::Result<()> {
+    build_disgrafs()?;
+    let lab = TestLab::new(TOPOLOGY)?;
+    let out = lab.lab(&["up", lab.file.to_str().context("utf-8")?])?;
+    ensure!(
+        out.status.success(),
+        "lab up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = String::from_utf8(out.stdout)?;
+    assert!(status.contains("DisGraFS UI: http://"), "{status}");
+
+    let deployed = lab.deployed()?;
+    let services: Vec<(Service, &str)> = deployed
+        .services
+        .iter()
+        .map(|s| (s.service, s.node.as_str()))
+        .collect();
+    assert_eq!(
+        services,
+        [
+            (Service::Redis, "server"),
+            (Service::Falkordb, "server"),
+            (Service::Juicefs, "server"),
+            (Service::DisgrafsServer, "server"),
+            (Service::DisgrafsTagger, "tagger"),
+        ]
+    );
+    for s in &deployed.services {
+        assert!(
+            running(s.pid),
+            "{:?} (pid {}) is not running",
+            s.service,
+            s.pid
+        );
+        assert!(s.log.exists(), "{} is missing", s.log.display());
+    }
+    let mount = deployed.dir.join("jfs");
+    assert!(
+        mounted(&mount),
+        "JuiceFS is not mounted on {}",
+        mount.display()
+    );
+    let server = deployed.server.context("no server address")?;
+    assert_eq!(server.port(), 8080);
+
+    let client = Site {
+        netns: Some(lab.netns("client")),
+        cpus: Vec::new(),
+    };
+    let run = |op: HttpOp, connections: usize, count: u64| {
+        http(
+            &client,
+            &Http {
+                addr: server,
+                token: deployed.token.clone(),
+                op,
+                connections,
+                stop: Stop::Count(count),
+            },
+        )
+    };
+    let up = run(
+        HttpOp::Upload {
+            size: 5000,
+            files: 2,
+        },
+        2,
+        3,
+    )?;
+    assert_eq!((up.requests, up.bytes), (6, 30_000));
+    assert_eq!(up.latency.len(), 6);
+    let down = run(HttpOp::Download { size: 70_000 }, 2, 4)?;
+    assert_eq!((down.requests, down.bytes), (8, 8 * 70_000));
+    // The files live on the JuiceFS mount.
+    let stored = mount.join("disgrafs/files/lab-download-70000.bin");
+    assert_eq!(std::fs::metadata(&stored)?.len(), 70_000);
+    let found = run(
+        HttpOp::Search {
+            query: "name=lab-search".to_owned(),
+        },
+        1,
+        3,
+    )?;
+    assert_eq!(found.requests, 3);
+    assert!(found.bytes > 0);
+
+    // The tagger on its own node tags through Redis and FalkorDB on the server node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = get(
+            &lab.netns("client"),
+            server,
+            "/api/files/lab-search-0.txt/tags",
+        )?;
+        if code == 200 && body.contains("\"tag\"") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no tags for lab-search-0.txt after 60 s ({code}: {body}); tagger log: {}",
+            std::fs::read_to_string(&deployed.services[4].log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A wrong token is refused, and the workload says so.
+    let refused = http(
+        &client,
+        &Http {
+            addr: server,
+            token: "wrong".to_owned(),
+            op: HttpOp::Upload { size: 10, files: 1 },
+            connections: 1,
+            stop: Stop::Count(1),
+        },
+    )
+    .expect_err("a wrong token must fail the workload");
+    assert!(refused.to_string().contains("401"), "{refused}");
+
+    // `lab down` works from the state file alone, as after a crash of whatever started them.
+    let out = lab.lab(&["down", &lab.name])?;
+    ensure!(
+        out.status.success(),
+        "lab down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in &deployed.services {
+        assert!(
+            !running(s.pid),
+            "{:?} (pid {}) still runs",
+            s.service,
+            s.pid
+        );
+    }
+    assert!(!mounted(&mount), "{} is still mounted", mount.display());
+    assert!(!deployed.dir.exists(), "{} is left", deployed.dir.display());
+    assert!(!lab.netns("server").exists());
+    Ok(())
+}
+
+#[test]
+fn a_service_that_fails_its_check_takes_the_lab_down() -> anyhow::Result<()> {
+    let mut lab = TestLab::new(
+        "[nodes.client]\n[nodes.server]\n[[links]]\nendpoints = [\"client:eth0\", \"server:eth0\"]\n\
+         [deploy]\nserver = [\"redis\", \"disgrafs-server\"]\n",
+    )?;
+    let bin = lab.dir.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let fake = bin.join("disgrafs-server");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'cannot open the data directory' >&2\nexit 3\n",
+    )?;
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    lab.env
+        .push(("DISGRAFS_LAB_BIN".to_owned(), bin.display().to_string()));
+    let out = lab.lab(&["up", lab.file.to_str().context("utf-8")?])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lab up succeeded: {stderr}");
+    assert!(
+        stderr.contains("disgrafs-server on node server: exited with exit status: 3")
+            && stderr.contains("cannot open the data directory"),
+        "{stderr}"
+    );
+    assert!(
+        lab.states().read(PREFIX, &lab.name)?.is_none(),
+        "state left"
+    );
+    assert!(!lab.netns("server").exists(), "namespace left");
+    let run_dir = lab.states().run_dir(PREFIX, &lab.name);
+    assert!(!run_dir.exists(), "run directory left");
+    // Redis, started before the server failed, is stopped too.
+    let run_dir = run_dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc")? {
+        let cmdline = std::fs::read(entry?.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&run_dir),
+            "a process of the lab still runs: {}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    Ok(())
+}
