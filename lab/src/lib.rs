@@ -1,6 +1,7 @@
 //! The DisGraFS eBPF Lab harness: topology files, nodes, scenarios, measurements, reports.
 
 pub mod apply;
+pub mod images;
 pub mod measure;
 pub mod node;
 pub mod report;

@@ -1,8 +1,9 @@
 //! Lab nodes: where a node's interfaces live and how commands run inside it.
 //!
-//! One kind exists now, [`NetnsNode`]: a named network namespace. Container and VM kinds
-//! implement the same trait (a container's namespace is its own; a VM's interfaces are taps in
-//! its node's namespace and commands go through its guest agent).
+//! Kinds: [`NetnsNode`], a named network namespace, and [`ContainerNode`] (module
+//! [`container`]), a container whose network namespace the lab names and wires the same way.
+//! A VM kind implements the same trait (its interfaces are taps in its node's namespace and
+//! commands go through its guest agent).
 
 use std::{
     fs::File,
@@ -12,6 +13,10 @@ use std::{
 };
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+pub mod container;
+
+pub use container::ContainerNode;
 
 /// A node of a lab that is up.
 pub trait Node {

@@ -67,7 +67,17 @@ fn check_nodes(topo: &Topology, sink: &mut Sink) {
     for node in &topo.nodes {
         let kind = &node.kind;
         match &kind.value {
-            NodeKind::Vm { .. } | NodeKind::Container { .. } => {
+            NodeKind::Container { image, .. } => {
+                if image.is_none() {
+                    sink.error(
+                        "topology::container_image",
+                        kind.span,
+                        format!("container node `{}` has no `image`", node.name.value),
+                    )
+                    .help("e.g. image = \"disgrafs-lab/base\" (built by `lab images build`)");
+                }
+            }
+            NodeKind::Vm { .. } => {
                 sink.error(
                     "topology::unsupported_kind",
                     kind.span,
