@@ -218,9 +218,8 @@ fn recipe(name: &'static str, sources: &Sources) -> Result<Recipe, Error> {
         ("/bin/busybox".into(), "/bin/busybox".into()),
         ("/bin/busybox".into(), "/bin/sh".into()),
     ];
-    let cmd;
-    match name {
-        "base" => cmd = r#"CMD ["/bin/busybox", "sleep", "2147483647"]"#.to_owned(),
+    let cmd = match name {
+        "base" => r#"CMD ["/bin/busybox", "sleep", "2147483647"]"#.to_owned(),
         "storage" => {
             let juicefs = sources.tools.join("bin/juicefs");
             let falkordb = sources.tools.join("bin/falkordb-server");
@@ -244,7 +243,7 @@ fn recipe(name: &'static str, sources: &Sources) -> Result<Recipe, Error> {
                 let target = lib.display().to_string();
                 (lib, target)
             }));
-            cmd = r#"CMD ["/bin/sh", "-c", "/bin/busybox mkdir -p /data/redis /data/falkordb /tmp && /opt/falkordb/redis-server --port 6380 --protected-mode no --dir /data/falkordb --loadmodule /opt/falkordb/falkordb.so --daemonize yes && exec /usr/bin/redis-server --port 6379 --protected-mode no --dir /data/redis"]"#.to_owned();
+            r#"CMD ["/bin/sh", "-c", "/bin/busybox mkdir -p /data/redis /data/falkordb /tmp && /opt/falkordb/redis-server --port 6380 --protected-mode no --dir /data/falkordb --loadmodule /opt/falkordb/falkordb.so --daemonize yes && exec /usr/bin/redis-server --port 6379 --protected-mode no --dir /data/redis"]"#.to_owned()
         }
         "server" | "tagger" => {
             let binary = format!("disgrafs-{name}");
@@ -255,10 +254,10 @@ fn recipe(name: &'static str, sources: &Sources) -> Result<Recipe, Error> {
                 .join("release")
                 .join(&binary);
             files.push((path, format!("/usr/bin/{binary}")));
-            cmd = format!(r#"ENTRYPOINT ["/usr/bin/{binary}"]"#);
+            format!(r#"ENTRYPOINT ["/usr/bin/{binary}"]"#)
         }
         other => return Err(Error::Unknown(other.to_owned())),
-    }
+    };
     let mut dockerfile = String::from("FROM scratch\n");
     for (i, (_, target)) in files.iter().enumerate() {
         dockerfile.push_str(&format!("COPY f{i} {target}\n"));

@@ -73,10 +73,11 @@ struct TestLab {
 }
 
 impl TestLab {
-    fn new(topology: &str) -> anyhow::Result<Self> {
+    /// `tag` (a letter per test) keeps the prefixes of tests in one process apart.
+    fn new(tag: char, topology: &str) -> anyhow::Result<Self> {
         let name = testkit::unique_name();
         // A prefix of its own: `down --all` must not touch labs of parallel tests.
-        let prefix = format!("c{:03}", std::process::id() % 1000);
+        let prefix = format!("c{tag}{:02}", std::process::id() % 100);
         let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("topology.toml");
@@ -176,7 +177,7 @@ fn container_and_netns_nodes_pass_traffic_both_ways() -> anyhow::Result<()> {
         return Ok(());
     };
     images_build(&["base"])?;
-    let lab = TestLab::new(MIXED)?;
+    let lab = TestLab::new('m', MIXED)?;
     let started = Instant::now();
     let up = ok(
         lab.lab(&["up", lab.file.to_str().context("utf-8")?])?,
@@ -244,7 +245,7 @@ fn down_all_removes_containers_after_kill_of_up() -> anyhow::Result<()> {
              [[links]]\nendpoints = [\"router:m{i}\", \"more{i}:eth0\"]\n"
         ));
     }
-    let lab = TestLab::new(&topology)?;
+    let lab = TestLab::new('k', &topology)?;
     let state_dir = lab.state_dir();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["up", lab.file.to_str().context("utf-8")?])
@@ -347,6 +348,7 @@ fn storage_image_runs_redis_and_falkordb() -> anyhow::Result<()> {
     };
     images_build(&["storage"])?;
     let lab = TestLab::new(
+        's',
         "[nodes.client]\n[nodes.store]\nkind = \"container\"\nimage = \"disgrafs-lab/storage\"\n\
          [[links]]\nendpoints = [\"client:eth0\", \"store:eth0\"]\n\
          addresses = [\"10.232.0.1/24\", \"10.232.0.2/24\"]\n",
