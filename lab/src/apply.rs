@@ -6,8 +6,9 @@
 //! them, but must finish before those veths are enslaved or addressed). Work in different
 //! namespaces overlaps, which is what keeps `lab up` of star-100 near the iproute2 floor.
 //!
-//! Teardown deletes namespaces (the kernel removes their devices in batches) after killing the
-//! processes still inside them, and deletes the few host-side devices a plan makes.
+//! Teardown removes a lab's containers, deletes namespaces (the kernel removes their devices
+//! in batches) after killing the processes still inside them, and deletes the few host-side
+//! devices a plan makes.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,7 +25,11 @@ use lab_netlink::{Netem, Netlink, Probability, Route, Veth};
 use tokio::sync::OnceCell;
 
 use crate::{
-    node::{NetnsNode, Node, vm::VmNode},
+    node::{
+        NetnsNode, Node,
+        container::{ContainerSpec, Engine, EngineError},
+        vm::VmNode,
+    },
     state::{LabState, Phase, StateDir},
     topology::{Impairment, Netns, Plan, Step, Undo, lab_tag},
 };
@@ -47,6 +52,9 @@ pub enum Error {
     /// A netlink or namespace operation outside the plan's steps failed.
     #[error(transparent)]
     Netlink(#[from] lab_netlink::Error),
+    /// The lab has container nodes and the container engine failed or cannot be reached.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// Brings `plan` up: refuses if it collides with a lab that is up, records the plan in the
@@ -59,6 +67,15 @@ pub async fn up(
     progress: &ProgressBar,
 ) -> Result<(), Error> {
     check_conflicts(plan, states)?;
+    let engine = if plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::StartContainer { .. }))
+    {
+        Some(Engine::connect().await?)
+    } else {
+        None
+    };
     let mut state = LabState {
         phase: Phase::Applying,
         pid: std::process::id(),
@@ -70,7 +87,9 @@ pub async fn up(
     tracing::info!(lab = %plan.lab, steps = plan.steps.len(), "bringing the lab up");
     let started = std::time::Instant::now();
     let vm_dir = states.vm_dir(&plan.prefix, &plan.lab);
-    let failures = Executor::new(vm_dir)?.run(&plan.steps, progress).await;
+    let failures = Executor::new(vm_dir, engine)?
+        .run(&plan.steps, progress)
+        .await;
     if failures.is_empty() {
         state.phase = Phase::Up;
         states.write(&state)?;
@@ -135,8 +154,21 @@ pub async fn down(
             });
         }
     }
-    if !strays.is_empty() || !stray_links.is_empty() {
-        run_undos(stray_links.iter().chain(&strays)).await?;
+    // Containers carry the lab's labels: found even when no state file names them.
+    let containers: Vec<Undo> = match Engine::connect().await {
+        Ok(engine) => engine
+            .containers_of(prefix, lab)
+            .await?
+            .into_iter()
+            .map(|name| Undo::RemoveContainer { name })
+            .collect(),
+        Err(e) => {
+            tracing::debug!("no container engine, so no containers to look for: {e}");
+            Vec::new()
+        }
+    };
+    if !strays.is_empty() || !stray_links.is_empty() || !containers.is_empty() {
+        run_undos(stray_links.iter().chain(&containers).chain(&strays)).await?;
         if let Some(lab) = lab
             && !labs.iter().any(|l| l == lab)
         {
@@ -264,12 +296,34 @@ async fn stop_vms(dir: &std::path::Path) -> Result<(), Error> {
     .map_err(|e| Error::Teardown(vec![format!("teardown thread: {e}")]))?
 }
 
-/// Host links first (a veth end in the host goes with its peer), then namespaces, whose
-/// processes are killed first: a process inside keeps a namespace and its devices alive.
+/// Host links first (a veth end in the host goes with its peer), then containers (the engine
+/// kills their processes), then namespaces, whose processes are killed first: a process inside
+/// keeps a namespace and its devices alive. A container's namespace name goes with it.
 async fn run_undos<'a>(undos: impl Iterator<Item = &'a Undo>) -> Result<(), Error> {
     let (links, namespaces): (Vec<&Undo>, Vec<&Undo>) =
         undos.partition(|u| matches!(u, Undo::DeleteLink { .. }));
     let mut failures = Vec::new();
+    let containers: Vec<&str> = namespaces
+        .iter()
+        .filter_map(|u| match u {
+            Undo::RemoveContainer { name } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !containers.is_empty() {
+        match Engine::connect().await {
+            Ok(engine) => {
+                let removals = containers.iter().map(|name| engine.remove(name));
+                for result in join_all(removals).await {
+                    if let Err(e) = result {
+                        failures.push(e.to_string());
+                    }
+                }
+            }
+            // A container's namespace name is still removed below; the container is not.
+            Err(e) => failures.push(format!("containers {}: {e}", containers.join(", "))),
+        }
+    }
     if !links.is_empty() {
         let host = Netlink::current()?;
         for undo in links {
@@ -285,6 +339,7 @@ async fn run_undos<'a>(undos: impl Iterator<Item = &'a Undo>) -> Result<(), Erro
         .into_iter()
         .filter_map(|u| match u {
             Undo::DeleteNamespace { ns } => Some(ns.clone()),
+            Undo::RemoveContainer { name } => Some(name.clone()),
             Undo::DeleteLink { .. } | Undo::StopVm { .. } => None,
         })
         .collect();
@@ -416,7 +471,9 @@ fn kind(step: &Step) -> std::mem::Discriminant<Step> {
 /// The namespaces a step acts in.
 fn namespaces(step: &Step) -> Vec<Netns> {
     match step {
-        Step::CreateNamespace { ns, .. } => vec![Netns::Named(ns.clone())],
+        Step::CreateNamespace { ns, .. } | Step::StartContainer { ns, .. } => {
+            vec![Netns::Named(ns.clone())]
+        }
         Step::StartVm(spec) => vec![Netns::Named(spec.ns.clone())],
         Step::CreateVeth { a, b, .. } => vec![a.ns.clone(), b.ns.clone()],
         Step::Sysctl { ns, .. }
@@ -474,17 +531,20 @@ struct Executor {
     vm_dir: std::path::PathBuf,
     /// The VM nodes of the steps being run.
     vms: Mutex<HashSet<String>>,
+    /// The container engine, when the plan has container nodes.
+    engine: Option<Engine>,
 }
 
 type StepDone = Shared<futures_util::future::BoxFuture<'static, bool>>;
 
 impl Executor {
-    fn new(vm_dir: std::path::PathBuf) -> Result<Arc<Self>, Error> {
+    fn new(vm_dir: std::path::PathBuf, engine: Option<Engine>) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(Self {
             host: Netlink::current()?,
             connections: Mutex::new(HashMap::new()),
             vm_dir,
             vms: Mutex::new(HashSet::new()),
+            engine,
         }))
     }
 
@@ -553,6 +613,32 @@ impl Executor {
             Step::CreateNamespace { ns, .. } => {
                 let name = ns.clone();
                 blocking(move || lab_netlink::Netns::create(&name).map(drop)).await
+            }
+            Step::StartContainer {
+                ns,
+                node,
+                lab,
+                prefix,
+                image,
+                cmd,
+            } => {
+                let Some(engine) = &self.engine else {
+                    return Err(io_error(
+                        format!("start container {ns}"),
+                        std::io::Error::other("no container engine connection"),
+                    ));
+                };
+                let spec = ContainerSpec {
+                    name: ns.clone(),
+                    node: node.clone(),
+                    lab: lab.clone(),
+                    prefix: prefix.clone(),
+                    image: image.clone(),
+                    cmd: cmd.clone(),
+                };
+                engine.start(&spec).await.map(drop).map_err(|e| {
+                    io_error(format!("start container {ns}"), std::io::Error::other(e))
+                })
             }
             Step::Sysctl { ns, key, value } => {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod deploy;
+pub mod images;
 pub mod measure;
 pub mod node;
 pub mod report;

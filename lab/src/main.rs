@@ -71,7 +71,8 @@ enum Command {
     /// Print the ratios of report B against report A, per variant and metric, with 95 %
     /// bootstrap confidence intervals.
     Compare(CompareArgs),
-    /// Kernel images for VM nodes (`vm-images/kernels.toml`).
+    /// Images for the lab's nodes: VM kernels (`vm-images/kernels.toml`) and container images
+    /// (built locally; no registry needed).
     #[command(subcommand)]
     Images(ImagesCommand),
 }
@@ -84,6 +85,12 @@ enum ImagesCommand {
         /// Kernel name from vm-images/kernels.toml, e.g. 6.12 (repeatable; default: all).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+    },
+    /// Build base, storage, server and tagger (or the ones named) unless their inputs are
+    /// unchanged; tag each with the git revision and `latest`.
+    Build {
+        /// Images to build (default: all).
+        names: Vec<String>,
     },
 }
 
@@ -230,6 +237,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare(&args),
         Command::Run(args) => run(&args, &states),
         Command::Images(ImagesCommand::Fetch { kernels }) => images_fetch(&kernels),
+        Command::Images(ImagesCommand::Build { names }) => images_build(&names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -345,6 +353,27 @@ fn steps_bar(steps: usize) -> indicatif::ProgressBar {
     bar
 }
 
+fn images_build(names: &[String]) -> Result<(), u8> {
+    let started = Instant::now();
+    let reports = runtime()?
+        .block_on(lab::images::build(names, &lab::images::Sources::default()))
+        .map_err(|e| match e {
+            lab::images::Error::Unknown(_) => invalid(e),
+            _ => fail(e),
+        })?;
+    let mut text: String = reports.iter().map(|r| format!("{r}\n")).collect();
+    text.push_str(&format!(
+        "{} image(s), {} built, in {:.1} s\n",
+        reports.len(),
+        reports
+            .iter()
+            .filter(|r| r.outcome == lab::images::Outcome::Built)
+            .count(),
+        started.elapsed().as_secs_f64()
+    ));
+    write_stdout(&text)
+}
+
 fn down(args: &DownArgs, states: &StateDir) -> Result<(), u8> {
     let labs = runtime()?
         .block_on(apply::down(
@@ -363,10 +392,7 @@ fn down(args: &DownArgs, states: &StateDir) -> Result<(), u8> {
 
 /// The (namespace, node) pairs of a plan.
 fn namespaces_of(plan: &Plan) -> impl Iterator<Item = (&str, &str)> {
-    plan.steps.iter().filter_map(|s| match s {
-        Step::CreateNamespace { ns, node } => Some((ns.as_str(), node.as_str())),
-        _ => None,
-    })
+    plan.steps.iter().filter_map(Step::node_namespace)
 }
 
 fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {

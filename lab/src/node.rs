@@ -1,8 +1,9 @@
 //! Lab nodes: where a node's interfaces live and how commands run inside it.
 //!
-//! [`NetnsNode`] is a named network namespace; [`vm::VmNode`] a QEMU VM whose interfaces are
-//! taps in its node's namespace and whose commands go through its guest agent. Container
-//! kinds implement the same trait (a container's namespace is its own).
+//! Kinds: [`NetnsNode`], a named network namespace; [`ContainerNode`] (module [`container`]),
+//! a container whose network namespace the lab names and wires the same way; [`vm::VmNode`], a
+//! QEMU VM whose interfaces are taps in its node's namespace and whose commands go through its
+//! guest agent.
 
 use std::{
     fs::File,
@@ -13,7 +14,10 @@ use std::{
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
+pub mod container;
 pub mod vm;
+
+pub use container::ContainerNode;
 
 /// A node of a lab that is up.
 pub trait Node {

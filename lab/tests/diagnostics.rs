@@ -148,13 +148,13 @@ fn jitter_and_reorder_need_a_delay() {
 
 #[test]
 fn kind_specific_fields() {
-    let text = "name = \"t\"\n[nodes.a]\nkind = \"container\"\nimage = \"alpine\"\n\
+    let text = "name = \"t\"\n[nodes.a]\nkind = \"container\"\n\
         [nodes.b]\nimage = \"alpine\"\n";
     assert_eq!(
         toml_errors(text),
         [
-            "t.toml:3:8 topology::unsupported_kind: nodes of kind `container` cannot be run yet",
-            "t.toml:6:1 topology::wrong_kind_field: `image` applies only to nodes of kind \
+            "t.toml:3:8 topology::container_image: container node `a` has no `image`",
+            "t.toml:5:1 topology::wrong_kind_field: `image` applies only to nodes of kind \
              `container`",
         ]
     );

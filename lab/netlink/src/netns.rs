@@ -62,6 +62,30 @@ impl Netns {
         Err(failure)
     }
 
+    /// Names the network namespace of process `pid` (e.g. a container's init) `name`: binds
+    /// `/proc/PID/ns/net` to `/run/netns/NAME`, which keeps the namespace alive as long as the
+    /// name exists. Fails with `EEXIST` when the name is taken.
+    pub fn adopt(name: &str, pid: u32) -> Result<Self> {
+        let ns = Self::named(name)?;
+        fs::create_dir_all(NETNS_DIR).map_err(|e| Error::os(format!("mkdir {NETNS_DIR}"), e))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&ns.path)
+            .map_err(|e| Error::os(format!("create netns {name}"), e))?;
+        match mount_bind(format!("/proc/{pid}/ns/net").as_str(), &ns.path) {
+            Ok(()) => Ok(ns),
+            Err(e) => {
+                // Best effort, as in `create`: the file is empty and unmounted.
+                let _ = fs::remove_file(&ns.path);
+                Err(Error::os(
+                    format!("name the network namespace of pid {pid} {name}"),
+                    e.into(),
+                ))
+            }
+        }
+    }
+
     /// Refers to an existing namespace, failing if `/run/netns/NAME` does not exist.
     pub fn open(name: &str) -> Result<Self> {
         let ns = Self::named(name)?;

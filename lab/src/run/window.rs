@@ -143,10 +143,8 @@ impl<'a> Lab<'a> {
         let netns = plan
             .steps
             .iter()
-            .filter_map(|s| match s {
-                Step::CreateNamespace { ns, node } => Some((node.as_str(), ns.as_str())),
-                _ => None,
-            })
+            .filter_map(Step::node_namespace)
+            .map(|(ns, node)| (node, ns))
             .collect();
         let veths: Vec<[&VethEnd; 2]> = plan
             .steps

@@ -123,6 +123,23 @@ pub enum Step {
         /// The node it holds.
         node: String,
     },
+    /// Start a container (network mode none) of `image` named `ns`, labelled with the lab's
+    /// prefix, lab and node, and name its network namespace `ns` (as `CreateNamespace` does).
+    StartContainer {
+        /// Namespace name, also the container's name.
+        ns: String,
+        /// The node it runs.
+        node: String,
+        /// The lab, for the container's labels.
+        lab: String,
+        /// The kernel-name prefix, for the container's labels.
+        prefix: String,
+        /// Image reference, e.g. `disgrafs-lab/base`.
+        image: String,
+        /// Command replacing the image's, split at whitespace (empty: the image's).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cmd: Vec<String>,
+    },
     /// Write `value` to the sysctl `key` inside `ns`.
     Sysctl {
         /// Namespace.
@@ -227,6 +244,11 @@ pub enum Undo {
         /// Namespace name.
         ns: String,
     },
+    /// Remove a container (and its processes) and the namespace name pointing at it.
+    RemoveContainer {
+        /// The container's name, also its namespace's.
+        name: String,
+    },
     /// Delete a device (a veth end in the host's namespace; its peer goes with it).
     DeleteLink {
         /// Namespace.
@@ -242,11 +264,22 @@ pub enum Undo {
 }
 
 impl Step {
+    /// The (namespace, node) a step makes for a node: every node other than `host` gets one.
+    pub fn node_namespace(&self) -> Option<(&str, &str)> {
+        match self {
+            Step::CreateNamespace { ns, node } | Step::StartContainer { ns, node, .. } => {
+                Some((ns.as_str(), node.as_str()))
+            }
+            _ => None,
+        }
+    }
+
     /// What undoes this step, if anything must: steps inside a lab namespace are undone by
     /// deleting the namespace.
     pub fn undo(&self) -> Option<Undo> {
         match self {
             Step::CreateNamespace { ns, .. } => Some(Undo::DeleteNamespace { ns: ns.clone() }),
+            Step::StartContainer { ns, .. } => Some(Undo::RemoveContainer { name: ns.clone() }),
             Step::CreateVeth { a, b, .. } => [a, b]
                 .into_iter()
                 .find(|end| end.ns == Netns::Root)
@@ -312,9 +345,24 @@ impl Plan {
                 continue;
             };
             let ns = Netns::Named(name.clone());
-            steps.push(Step::CreateNamespace {
-                ns: name,
-                node: node.name.value.clone(),
+            steps.push(match &node.kind.value {
+                NodeKind::Container { image, cmd } => Step::StartContainer {
+                    ns: name,
+                    node: node.name.value.clone(),
+                    lab: lab.clone(),
+                    prefix: prefix.to_owned(),
+                    image: image.clone().unwrap_or_default(),
+                    cmd: cmd
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                },
+                _ => Step::CreateNamespace {
+                    ns: name,
+                    node: node.name.value.clone(),
+                },
             });
             steps.push(Step::SetUp {
                 ns: ns.clone(),
@@ -583,6 +631,19 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::CreateNamespace { ns, node } => write!(f, "netns   {ns}  (node {node})"),
+            Step::StartContainer {
+                ns,
+                node,
+                image,
+                cmd,
+                ..
+            } => {
+                write!(f, "container {ns}  {image}")?;
+                if !cmd.is_empty() {
+                    write!(f, " {}", cmd.join(" "))?;
+                }
+                write!(f, "  (node {node})")
+            }
             Step::Sysctl { ns, key, value } => write!(f, "sysctl  {ns}  {key}={value}"),
             Step::CreateBridge { ns, dev, .. } => write!(f, "bridge  {ns}  {dev}"),
             Step::CreateVeth { a, b, mtu } => {
@@ -636,6 +697,7 @@ impl fmt::Display for Undo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Undo::DeleteNamespace { ns } => write!(f, "delete netns {ns}"),
+            Undo::RemoveContainer { name } => write!(f, "remove container {name}"),
             Undo::DeleteLink { ns, dev } => write!(f, "delete link  {ns}  {dev}"),
             Undo::StopVm { node } => write!(f, "stop vm      {node}"),
         }

@@ -72,13 +72,15 @@ fn check_nodes(topo: &Topology, sink: &mut Sink) {
                 cpus,
                 memory,
             } => crate::node::vm::check(kernel.as_deref(), *cpus, *memory, kind.span, sink),
-            NodeKind::Container { .. } => {
-                sink.error(
-                    "topology::unsupported_kind",
-                    kind.span,
-                    format!("nodes of kind `{}` cannot be run yet", kind.value.name()),
-                )
-                .help("use kind = \"netns\" until this kind is supported");
+            NodeKind::Container { image, .. } => {
+                if image.is_none() {
+                    sink.error(
+                        "topology::container_image",
+                        kind.span,
+                        format!("container node `{}` has no `image`", node.name.value),
+                    )
+                    .help("e.g. image = \"disgrafs-lab/base\" (built by `lab images build`)");
+                }
             }
             NodeKind::Bridge => {
                 if let Err(why) = ifname(&node.name.value) {
