@@ -662,11 +662,12 @@ fn cpumap_redirects_and_kthread_work_are_counted_on_the_target_cpu() -> anyhow::
         thread::sleep(Duration::from_millis(200));
         Ok(monitor.stats()?.since(&before))
     })??;
+    // The XDP and cpumap tracepoints count in every namespace (other tests may redirect at
+    // the same time): at least our frames. The packet count is scoped to our interface: exact.
     let total = delta.total();
-    assert_eq!(total.xdp_redirects, FRAMES as u64, "{delta:?}");
-    assert_eq!(total.xdp_redirect_errors, 0, "{delta:?}");
-    assert_eq!(total.cpumap_packets, FRAMES as u64, "{delta:?}");
+    assert!(total.xdp_redirects >= FRAMES as u64, "{delta:?}");
     let on_1 = delta.per_cpu[1].counters;
+    assert!(on_1.cpumap_packets >= FRAMES as u64, "{delta:?}");
     assert!(on_1.cpumap_batches >= 1, "{delta:?}");
     assert_eq!(
         on_1.rx_packets, FRAMES as u64,

@@ -334,7 +334,9 @@ async fn router_forwards_v4_and_v6_between_subnets() -> anyhow::Result<()> {
             .add_route(&Route::new(v6("::"), 0).via(v6(gw6)).dev(eth0))
             .await?;
     }
-    // Without forwarding the router drops transit traffic.
+    // Without forwarding the router drops transit traffic. (A new namespace copies the host's
+    // IPv4 setting, so it is switched off explicitly.)
+    router.netns.set_forwarding(false)?;
     assert!(udp_round_trip(&client, &server, v4("10.2.0.2")).is_err());
 
     let router_before = router.netns.forwarding()?;
