@@ -57,7 +57,8 @@ fn monitor_smoke_test_passes_on_6_1_and_a_missing_detach_is_caught() {
     assert_eq!(kernel.results[0].outcome, Outcome::Pass, "{md}");
     match &kernel.results[1].outcome {
         Outcome::Fail(why) => assert!(
-            why.contains("link show smkmon0") && why.contains("0.xdp should be absent"),
+            why.contains("test ! -e /sys/fs/bpf/dgl/monitor/host/smkmon0")
+                && why.contains("exit code 1"),
             "{why}"
         ),
         other => panic!("the variant without detach should fail, got {other:?}\n{md}"),
