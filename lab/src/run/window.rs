@@ -403,36 +403,10 @@ impl<'a> Lab<'a> {
             let node = &accelerator.node.value;
             match &accelerator.kind {
                 AcceleratorKind::Monitor { iface, xdp } => {
-                    let end = self
-                        .ends
-                        .iter()
-                        .flatten()
-                        .find(|e| e.node == *node && e.iface == iface.value)
-                        .ok_or_else(|| {
-                            format!(
-                                "variant `{}`: node {node} has no interface {}",
-                                variant.name.value, iface.value
-                            )
-                        })?;
-                    let xdp = xdp.map(|mode| match mode {
-                        MonitorMode::Auto => accel::AttachMode::Auto,
-                        MonitorMode::Native => accel::AttachMode::Native,
-                        MonitorMode::Generic => accel::AttachMode::Generic,
-                    });
-                    let attach = || Monitor::attach(&end.dev, xdp);
-                    let monitor = match &end.ns {
-                        Netns::Named(ns) => lab_netlink::Netns::open(ns)
-                            .and_then(|ns| ns.run(attach))
-                            .map_err(|e| e.to_string())?,
-                        Netns::Root => thread::scope(|s| s.spawn(attach).join())
-                            .map_err(|_| "the attaching thread panicked".to_owned())?,
-                    }
-                    .map_err(|e| {
-                        format!(
-                            "variant `{}`: attach the monitor to {node}:{}: {e}",
-                            variant.name.value, iface.value
-                        )
-                    })?;
+                    let [end, _] = self.link_of(variant, node, &iface.value)?;
+                    let xdp = xdp.map(attach_mode);
+                    let monitor = in_namespace(&end.ns, || Monitor::attach(&end.dev, xdp))?
+                        .map_err(|e| attach_failed(variant, "the monitor", end, e))?;
                     attached.push(Attached {
                         label: format!("monitor.{node}-{}", iface.value),
                         handle: Handle::Monitor(monitor),
@@ -449,27 +423,11 @@ impl<'a> Lab<'a> {
                     });
                 }
                 AcceleratorKind::Afxdp { iface, ports } => {
-                    let end = self
-                        .ends
-                        .iter()
-                        .flatten()
-                        .find(|e| e.node == *node && e.iface == iface.value)
-                        .ok_or_else(|| {
-                            format!(
-                                "variant `{}`: node {node} has no interface {}",
-                                variant.name.value, iface.value
-                            )
-                        })?;
-                    let failed = |e: String| {
-                        format!(
-                            "variant `{}`: attach afxdp to {node}:{}: {e}",
-                            variant.name.value, iface.value
-                        )
-                    };
+                    let [end, _] = self.link_of(variant, node, &iface.value)?;
                     let config = afxdp::Config::new(ports, afxdp::Mode::Echo)
-                        .map_err(|e| failed(e.to_string()))?;
+                        .map_err(|e| attach_failed(variant, "afxdp", end, e))?;
                     let afxdp = in_namespace(&end.ns, || AfXdp::start(&end.dev, &config))?
-                        .map_err(|e| failed(e.to_string()))?;
+                        .map_err(|e| attach_failed(variant, "afxdp", end, e))?;
                     attached.push(Attached {
                         label: format!("afxdp.{node}-{}", iface.value),
                         handle: Handle::Afxdp(afxdp),
@@ -481,30 +439,11 @@ impl<'a> Lab<'a> {
                     policy,
                     ..
                 } => {
-                    let end = self
-                        .ends
-                        .iter()
-                        .flatten()
-                        .find(|e| e.node == *node && e.iface == iface.value)
-                        .ok_or_else(|| {
-                            format!(
-                                "variant `{}`: node {node} has no interface {}",
-                                variant.name.value, iface.value
-                            )
-                        })?;
-                    let mode = match mode {
-                        MonitorMode::Auto => accel::AttachMode::Auto,
-                        MonitorMode::Native => accel::AttachMode::Native,
-                        MonitorMode::Generic => accel::AttachMode::Generic,
-                    };
+                    let [end, _] = self.link_of(variant, node, &iface.value)?;
+                    let mode = attach_mode(*mode);
                     let filter =
                         in_namespace(&end.ns, || HttpFilter::attach(&end.dev, mode, policy))?
-                            .map_err(|e| {
-                                format!(
-                                    "variant `{}`: attach the http_filter to {node}:{}: {e}",
-                                    variant.name.value, iface.value
-                                )
-                            })?;
+                            .map_err(|e| attach_failed(variant, "the http_filter", end, e))?;
                     attached.push(Attached {
                         label: format!("http_filter.{node}-{}", iface.value),
                         handle: Handle::HttpFilter(Box::new(filter)),
@@ -941,6 +880,28 @@ fn summary(outcomes: &[Outcome], labels: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" · ")
+}
+
+/// The XDP attach mode a scenario's `MonitorMode` names.
+fn attach_mode(mode: MonitorMode) -> accel::AttachMode {
+    match mode {
+        MonitorMode::Auto => accel::AttachMode::Auto,
+        MonitorMode::Native => accel::AttachMode::Native,
+        MonitorMode::Generic => accel::AttachMode::Generic,
+    }
+}
+
+/// "variant `V`: attach WHAT to NODE:IFACE: ERROR".
+fn attach_failed(
+    variant: &Variant,
+    what: &str,
+    end: &VethEnd,
+    error: impl std::fmt::Display,
+) -> String {
+    format!(
+        "variant `{}`: attach {what} to {}:{}: {error}",
+        variant.name.value, end.node, end.iface
+    )
 }
 
 /// Runs `f` on a thread inside `ns` (the root namespace: a plain thread).
