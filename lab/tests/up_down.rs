@@ -118,6 +118,24 @@ fn ping(ns: &str, to: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pings until an answer comes or `within` has passed. After a link comes back up, the
+/// router's neighbour entry for the far host can still be the one that started resolving
+/// while the link was down: it fails once its probes run out (the kernel answers the queued
+/// packet with "Destination Host Unreachable") and the next packet resolves afresh, so
+/// traffic is restored within a few seconds, not at once.
+fn ping_within(ns: &str, to: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        match ping(ns, to) {
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("for {within:?}")));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
 /// Sends 1 MiB of patterned bytes over TCP from `client_ns` to `server_ns` at `addr` and
 /// checks that they arrive intact.
 fn tcp_transfer(server_ns: &str, client_ns: &str, addr: SocketAddr) -> anyhow::Result<()> {
@@ -321,7 +339,7 @@ fn link_down_and_up_cut_and_restore_traffic() -> anyhow::Result<()> {
         "traffic crossed a link that is down"
     );
     lab.lab_ok(&["link", "up", "server:eth0", "--lab", &lab.name])?;
-    ping(&client, "10.78.2.2")?;
+    ping_within(&client, "10.78.2.2", Duration::from_secs(10))?;
 
     let bad = lab.lab(&["link", "down", "server:eth9", "--lab", &lab.name])?;
     assert_eq!(bad.status.code(), Some(1));
