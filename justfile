@@ -19,8 +19,14 @@ lab *ARGS:
 accel *ARGS:
     @cargo run --quiet --release -p accel -- {{ARGS}}
 
-# Every test (as root: namespaces, veths, BPF programs), then a check that nothing leaked
+# Every test (as root: namespaces, veths, BPF programs), then a check that nothing leaked.
+# The binaries that tests start are built first, so no test's timeout includes a cold build:
+# DisGraFS services for `[deploy]` labs (debug) and for `lab images build` (static musl), and
+# the release `accel` of the kernel matrix test.
 test *ARGS:
+    cargo build --quiet -p disgrafs-server -p disgrafs-tagger
+    CC_x86_64_unknown_linux_musl=musl-gcc cargo build --quiet --release --target x86_64-unknown-linux-musl -p disgrafs-server -p disgrafs-tagger
+    cargo build --quiet --release -p accel
     tools/leak-check -- cargo nextest run --no-fail-fast {{ARGS}}
 
 # cargo fmt --check, clippy -D warnings (eBPF crate: host check with panic=abort)
