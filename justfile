@@ -11,8 +11,11 @@ setup:
     ./setup
 
 # The lab CLI: `just lab up|down` (demo lab), or any subcommand (plan, up FILE, status, exec, run)
+# `just lab up` builds the lab's images first when a container engine answers, so the demo's
+# services run in containers; without one they run as processes in the nodes' namespaces.
 lab *ARGS:
     @cargo build --quiet --release -p disgrafs-server -p disgrafs-tagger
+    @if [ "{{ARGS}}" = up ] && docker version >/dev/null 2>&1; then cargo run --quiet --release -p lab -- images build; fi
     @cargo run --quiet --release -p lab -- {{ if ARGS == "up" { "up " + demo } else if ARGS == "down" { "down disgrafs" } else { ARGS } }}
 
 # The accelerator CLI, e.g. `just accel monitor stats --iface eth0`

@@ -214,6 +214,22 @@ struct PlanArgs {
     /// Start of every kernel name: 1 to 4 lowercase letters or digits, first a letter.
     #[arg(long, default_value = "dgl", value_parser = Prefix::new)]
     prefix: Prefix,
+    /// Where the services of `[deploy]` run: in containers of the lab's images (the netns
+    /// nodes that run them become containers), as processes in the nodes' namespaces, or
+    /// (auto) in containers when an engine answers and the images are built.
+    #[arg(long, value_enum, default_value_t = Services::Auto)]
+    services: Services,
+}
+
+/// Where the services of `[deploy]` run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Services {
+    /// Containers when an engine answers and the images are built, else processes.
+    Auto,
+    /// Containers (`lab images build` makes their images); fails without an engine.
+    Containers,
+    /// Processes in the nodes' namespaces.
+    Processes,
 }
 
 fn main() -> ExitCode {
@@ -271,14 +287,61 @@ fn load(file: &std::path::Path) -> Result<topology::Loaded, u8> {
 
 fn plan_of(args: &PlanArgs) -> Result<Plan, u8> {
     let loaded = load(&args.file)?;
-    Ok(plan_of_topology(&loaded.topology, args))
+    plan_of_topology(&loaded.topology, args)
 }
 
-fn plan_of_topology(topology: &topology::Topology, args: &PlanArgs) -> Plan {
+fn plan_of_topology(topology: &topology::Topology, args: &PlanArgs) -> Result<Plan, u8> {
     let options = PlanOptions {
         prefix: args.prefix.clone(),
+        service_containers: service_containers(topology, args.services)?,
     };
-    Plan::new(topology, &options)
+    Ok(Plan::new(topology, &options))
+}
+
+/// Whether the services of `topology`'s `[deploy]` run in containers: asks the engine for the
+/// images they need, unless none of them is on a netns node or `services` says processes.
+/// `auto` falls back to processes (saying why); `containers` fails instead.
+fn service_containers(topology: &topology::Topology, services: Services) -> Result<bool, u8> {
+    let mut images = vec![lab::deploy::NODE_IMAGE.to_owned()];
+    for deployment in &topology.deploy {
+        let on_netns = topology
+            .node(&deployment.node.value)
+            .is_some_and(|n| n.kind.value == topology::NodeKind::Netns);
+        for service in deployment.services.iter().filter(|_| on_netns) {
+            if let Some((image, _)) = lab::deploy::image_of(service.value) {
+                let reference = format!("{}/{image}", lab::images::REPOSITORY);
+                if !images.contains(&reference) {
+                    images.push(reference);
+                }
+            }
+        }
+    }
+    if services == Services::Processes || images.len() == 1 {
+        return Ok(false);
+    }
+    let checked = runtime()?.block_on(async {
+        let engine = lab::node::container::Engine::connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        for image in &images {
+            if !engine.has_image(&format!("{image}:latest")).await {
+                return Err(format!(
+                    "image {image} is missing: `lab images build` makes it"
+                ));
+            }
+        }
+        Ok(())
+    });
+    match (checked, services) {
+        (Ok(()), _) => Ok(true),
+        (Err(why), Services::Containers) => Err(fail(format!(
+            "the services of [deploy] cannot run in containers: {why}"
+        ))),
+        (Err(why), _) => {
+            eprintln!("note: the services of [deploy] run as processes: {why}");
+            Ok(false)
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, u8> {
@@ -302,7 +365,7 @@ fn apply_error(e: &apply::Error) -> u8 {
 
 fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
     let topology = load(&args.file)?.topology;
-    let plan = plan_of_topology(&topology, args);
+    let plan = plan_of_topology(&topology, args)?;
     let started = Instant::now();
     let runtime = runtime()?;
     runtime
@@ -314,7 +377,8 @@ fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
         ))
         .map_err(|e| apply_error(&e))?;
     if !topology.deploy.is_empty()
-        && let Err(e) = lab::deploy::start(&topology.deploy, &topology, &plan, states)
+        && let Err(e) =
+            lab::deploy::start(&topology.deploy, &topology, &plan, states, runtime.handle())
     {
         eprintln!("error: starting the services of [deploy]: {e}");
         eprintln!("taking lab {} down again", plan.lab);
@@ -422,6 +486,7 @@ fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {
                         "service": s.service,
                         "node": s.node,
                         "pid": s.pid,
+                        "container": s.container,
                         "log": s.log,
                     })
                 })
@@ -469,8 +534,11 @@ fn status(args: &StatusArgs, states: &StateDir) -> Result<(), u8> {
             ));
         }
         for service in lab["services"].as_array().into_iter().flatten() {
+            let container = service["container"]
+                .as_str()
+                .map_or_else(String::new, |c| format!(" container {c}"));
             text.push_str(&format!(
-                "  {:<16} {:<16} pid {:<8} log {}\n",
+                "  {:<16} {:<16} pid {:<8} log {}{container}\n",
                 service["node"].as_str().unwrap_or_default(),
                 service["service"].as_str().unwrap_or_default(),
                 service["pid"],

@@ -2,17 +2,19 @@
 //! reason and returns early only when no engine can be reached; `./setup` starts one, so in
 //! CI they run.
 
+mod common;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
+use common::{TestLab, ok};
 use lab::node::container::{Engine, LABEL_PREFIX};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -33,28 +35,6 @@ fn engine_or_skip(test: &str) -> anyhow::Result<Option<Engine>> {
     }
 }
 
-/// Runs `lab SUBCOMMAND --state-dir D --prefix P REST...` for `args` = [SUBCOMMAND, REST...].
-fn lab(args: &[&str], state_dir: &Path, prefix: &str) -> anyhow::Result<Output> {
-    let (subcommand, rest) = args.split_first().context("no subcommand")?;
-    Ok(Command::new(env!("CARGO_BIN_EXE_lab"))
-        .arg(subcommand)
-        .args(["--state-dir", state_dir.to_str().context("utf-8 path")?])
-        .args(["--prefix", prefix])
-        .args(rest)
-        .output()?)
-}
-
-fn ok(out: Output, what: &str) -> anyhow::Result<String> {
-    ensure!(
-        out.status.success(),
-        "{what}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 fn images_build(names: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["images", "build"])
@@ -63,71 +43,24 @@ fn images_build(names: &[&str]) -> anyhow::Result<String> {
     ok(out, &format!("lab images build {names:?}"))
 }
 
-/// A topology file in a directory of its own, with its own state directory and prefix;
-/// `Drop` runs `lab down --all` for the prefix and removes the directory.
-struct TestLab {
-    name: String,
-    prefix: String,
-    dir: PathBuf,
-    file: PathBuf,
+/// A prefix of the test's own (`tag`, a letter per test, keeps the tests of one process apart):
+/// `lab down --all` must not touch labs of parallel tests.
+fn prefix(tag: char) -> String {
+    format!("c{tag}{:02}", std::process::id() % 100)
 }
 
-impl TestLab {
-    /// `tag` (a letter per test) keeps the prefixes of tests in one process apart.
-    fn new(tag: char, topology: &str) -> anyhow::Result<Self> {
-        let name = testkit::unique_name();
-        // A prefix of its own: `down --all` must not touch labs of parallel tests.
-        let prefix = format!("c{tag}{:02}", std::process::id() % 100);
-        let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join("topology.toml");
-        std::fs::write(&file, format!("name = \"{name}\"\n{topology}"))?;
-        Ok(Self {
-            name,
-            prefix,
-            dir,
-            file,
-        })
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn lab(&self, args: &[&str]) -> anyhow::Result<Output> {
-        lab(args, &self.state_dir(), &self.prefix)
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("{}-{}.{node}", self.prefix, self.name)
-    }
-
-    fn namespaces_left(&self) -> anyhow::Result<Vec<String>> {
-        let start = format!("{}-", self.prefix);
-        Ok(lab_netlink::Netns::list()?
-            .into_iter()
-            .filter(|n| n.starts_with(&start))
-            .collect())
-    }
-
-    fn containers_left(&self, engine: &Engine) -> anyhow::Result<Vec<String>> {
-        Ok(runtime()?.block_on(engine.containers_of(&self.prefix, None))?)
-    }
+/// The lab's containers (of its prefix) that exist now.
+fn containers_left(lab: &TestLab, engine: &Engine) -> anyhow::Result<Vec<String>> {
+    Ok(runtime()?.block_on(engine.containers_of(&lab.prefix, None))?)
 }
 
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        match self.lab(&["down", "--all"]) {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "cleanup of lab {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("cleanup of lab {}: {e}", self.name),
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The lab's namespaces (of its prefix) that exist now.
+fn namespaces_left(lab: &TestLab) -> anyhow::Result<Vec<String>> {
+    let start = format!("{}-", lab.prefix);
+    Ok(lab_netlink::Netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&start))
+        .collect())
 }
 
 /// client (netns) — router (netns) — web (container running busybox httpd), routed v4.
@@ -177,12 +110,9 @@ fn container_and_netns_nodes_pass_traffic_both_ways() -> anyhow::Result<()> {
         return Ok(());
     };
     images_build(&["base"])?;
-    let lab = TestLab::new('m', MIXED)?;
+    let lab = TestLab::toml(MIXED, &prefix('m'))?;
     let started = Instant::now();
-    let up = ok(
-        lab.lab(&["up", lab.file.to_str().context("utf-8")?])?,
-        "lab up",
-    )?;
+    let up = ok(lab.lab(&["up", lab.file_arg()?])?, "lab up")?;
     println!(
         "lab up with a container node: {:.2} s",
         started.elapsed().as_secs_f64()
@@ -223,11 +153,92 @@ fn container_and_netns_nodes_pass_traffic_both_ways() -> anyhow::Result<()> {
     assert!(ping.contains("1 received"), "{ping}");
 
     ok(lab.lab(&["down", &lab.name])?, "lab down")?;
-    assert!(lab.containers_left(&engine)?.is_empty(), "container left");
+    assert!(containers_left(&lab, &engine)?.is_empty(), "container left");
     assert!(
-        lab.namespaces_left()?.is_empty(),
+        namespaces_left(&lab)?.is_empty(),
         "{:?}",
-        lab.namespaces_left()?
+        namespaces_left(&lab)?
+    );
+    Ok(())
+}
+
+/// The shipped containerlab topology: its `linux` nodes (with an `image`) run as containers,
+/// node b with its `cmd` given as a list.
+#[test]
+fn two_linux_clab_runs_its_linux_nodes_as_containers() -> anyhow::Result<()> {
+    let Some(engine) = engine_or_skip("two_linux_clab_runs_its_linux_nodes_as_containers")? else {
+        return Ok(());
+    };
+    images_build(&["base"])?;
+    let lab = TestLab::shipped_with_prefix("two-linux.clab.yml", &prefix('l'))?;
+    lab.up()?;
+    let rt = runtime()?;
+    for node in ["a", "b"] {
+        let name = lab.ns(node);
+        let inspected = rt.block_on(engine.docker().inspect_container(&name, None))?;
+        let pid = inspected
+            .state
+            .and_then(|s| s.pid)
+            .with_context(|| format!("container {name} has no pid"))?;
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino(),
+            std::fs::metadata(format!("/run/netns/{name}"))?.ino(),
+            "node {node}'s netns is its container's"
+        );
+        let image = inspected.config.and_then(|c| c.image).unwrap_or_default();
+        assert_eq!(image, "disgrafs-lab/base:latest", "node {node}");
+    }
+    // b runs httpd (its `cmd`), reached from a over the 9000-byte link the `exec` steps addressed.
+    let body = http_get(&lab.ns("a"), "192.168.50.2:8080".parse()?, "/bin/sh")?;
+    assert!(
+        body == std::fs::read("/bin/busybox")?,
+        "b served {} bytes",
+        body.len()
+    );
+    let link: serde_json::Value =
+        serde_json::from_str(&lab.exec("a", &["ip", "-j", "link", "show", "eth1"])?)?;
+    assert_eq!(link[0]["mtu"], 9000, "{link}");
+
+    lab.lab_ok(&["down", &lab.name])?;
+    assert!(
+        containers_left(&lab, &engine)?.is_empty(),
+        "containers left"
+    );
+    assert!(
+        namespaces_left(&lab)?.is_empty(),
+        "{:?}",
+        namespaces_left(&lab)?
+    );
+    Ok(())
+}
+
+/// Without an engine, `lab up` of a topology with containers stops before making anything and
+/// says how to get one.
+#[test]
+fn without_an_engine_up_says_what_to_do_and_creates_nothing() -> anyhow::Result<()> {
+    let mut lab = TestLab::shipped_with_prefix("two-linux.clab.yml", &prefix('n'))?;
+    let socket = lab.dir.join("no-engine.sock");
+    lab.env.push((
+        "DOCKER_HOST".to_owned(),
+        format!("unix://{}", socket.display()),
+    ));
+    let out = lab.lab(&["up", lab.file_arg()?])?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no container engine can be reached") && stderr.contains("./setup"),
+        "{stderr}"
+    );
+    assert!(
+        namespaces_left(&lab)?.is_empty(),
+        "{:?}",
+        namespaces_left(&lab)?
+    );
+    assert!(
+        !lab.state_dir()
+            .join(&lab.prefix)
+            .join(format!("{}.json", lab.name))
+            .exists()
     );
     Ok(())
 }
@@ -245,35 +256,31 @@ fn down_all_removes_containers_after_kill_of_up() -> anyhow::Result<()> {
              [[links]]\nendpoints = [\"router:m{i}\", \"more{i}:eth0\"]\n"
         ));
     }
-    let lab = TestLab::new('k', &topology)?;
+    let lab = TestLab::toml(&topology, &prefix('k'))?;
     let state_dir = lab.state_dir();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(["up", lab.file.to_str().context("utf-8")?])
-        .args(["--state-dir", state_dir.to_str().context("utf-8")?])
-        .args(["--prefix", &lab.prefix])
-        .spawn()?;
+    let mut child = lab.command(&["up", lab.file_arg()?])?.spawn()?;
     // Kill it (SIGKILL) as soon as the engine has a container of the lab.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lab.containers_left(&engine)?.is_empty() && Instant::now() < deadline {
+    while containers_left(&lab, &engine)?.is_empty() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
     child.kill()?;
     child.wait()?;
     ensure!(
-        !lab.containers_left(&engine)?.is_empty(),
+        !containers_left(&lab, &engine)?.is_empty(),
         "no container was started within 30 s"
     );
 
     ok(lab.lab(&["down", "--all"])?, "lab down --all")?;
     assert!(
-        lab.containers_left(&engine)?.is_empty(),
+        containers_left(&lab, &engine)?.is_empty(),
         "containers left: {:?}",
-        lab.containers_left(&engine)?
+        containers_left(&lab, &engine)?
     );
     assert!(
-        lab.namespaces_left()?.is_empty(),
+        namespaces_left(&lab)?.is_empty(),
         "{:?}",
-        lab.namespaces_left()?
+        namespaces_left(&lab)?
     );
     let host_links = Command::new("ip").args(["-j", "link", "show"]).output()?;
     assert!(
@@ -347,16 +354,13 @@ fn storage_image_runs_redis_and_falkordb() -> anyhow::Result<()> {
         return Ok(());
     };
     images_build(&["storage"])?;
-    let lab = TestLab::new(
-        's',
+    let lab = TestLab::toml(
         "[nodes.client]\n[nodes.store]\nkind = \"container\"\nimage = \"disgrafs-lab/storage\"\n\
          [[links]]\nendpoints = [\"client:eth0\", \"store:eth0\"]\n\
          addresses = [\"10.232.0.1/24\", \"10.232.0.2/24\"]\n",
+        &prefix('s'),
     )?;
-    ok(
-        lab.lab(&["up", lab.file.to_str().context("utf-8")?])?,
-        "lab up",
-    )?;
+    ok(lab.lab(&["up", lab.file_arg()?])?, "lab up")?;
     let client = lab.ns("client");
     // Redis (6379) and FalkorDB (6380) answer RESP from the netns node; both start in the
     // background, so retry for a few seconds.

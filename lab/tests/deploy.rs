@@ -4,14 +4,20 @@
 //! of whatever started them, from the state file alone — stops every process and leaves no
 //! mount behind. Needs the disgrafs binaries: the tests build them first (`cargo build`).
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use common::TestLab;
+use std::os::unix::fs::MetadataExt as _;
+
 use lab::deploy::{Deployed, Service};
+use lab::node::container::Engine;
 use lab::state::StateDir;
 use lab::workloads::{Http, HttpOp, Site, Stop, http};
 
@@ -38,68 +44,25 @@ fn build_disgrafs() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A lab from `text` under a unique name and state directory; `Drop` runs `lab down`.
-struct TestLab {
-    name: String,
-    dir: PathBuf,
-    file: PathBuf,
-    env: Vec<(String, String)>,
-}
-
 const PREFIX: &str = "dglt";
 
-impl TestLab {
-    fn new(text: &str) -> anyhow::Result<Self> {
-        let name = testkit::unique_name();
-        let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join("lab.toml");
-        std::fs::write(&file, format!("name = \"{name}\"\n{text}"))?;
-        Ok(Self {
-            name,
-            dir,
-            file,
-            env: Vec::new(),
-        })
-    }
-
-    fn states(&self) -> StateDir {
-        StateDir::new(self.dir.join("state"))
-    }
-
-    fn lab(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
-        command
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .args(["--prefix", PREFIX])
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        Ok(command.output()?)
-    }
-
-    fn deployed(&self) -> anyhow::Result<Deployed> {
-        self.states()
-            .read(PREFIX, &self.name)?
-            .context("no state file")?
-            .deployed
-            .context("no services recorded")
-    }
-
-    fn netns(&self, node: &str) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{PREFIX}-{}.{node}", self.name))
-    }
+/// The lab's state directory.
+fn states(lab: &TestLab) -> StateDir {
+    StateDir::new(lab.state_dir())
 }
 
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if let Ok(out) = self.lab(&["down", &self.name])
-            && !out.status.success()
-        {
-            eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The services its state file records.
+fn deployed(lab: &TestLab) -> anyhow::Result<Deployed> {
+    states(lab)
+        .read(PREFIX, &lab.name)?
+        .context("no state file")?
+        .deployed
+        .context("no services recorded")
+}
+
+/// The bind mount of `node`'s namespace.
+fn netns(lab: &TestLab, node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/netns/{}", lab.ns(node)))
 }
 
 /// Client, server and tagger on one bridge, addresses from the pool.
@@ -162,17 +125,113 @@ fn get(netns: &Path, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Strin
 #[test]
 fn deployed_disgrafs_serves_http_workloads_and_lab_down_stops_everything() -> anyhow::Result<()> {
     build_disgrafs()?;
-    let lab = TestLab::new(TOPOLOGY)?;
-    let out = lab.lab(&["up", lab.file.to_str().context("utf-8")?])?;
+    let lab = TestLab::toml(TOPOLOGY, PREFIX)?;
+    let deployed = up_with_services(&lab, "processes")?;
+    for s in &deployed.services {
+        assert_eq!(s.container, None, "{:?} runs in a container", s.service);
+    }
+    serves_http_workloads_and_lab_down_stops_everything(&lab, &deployed)
+}
+
+/// The same lab with its services in containers of the lab's images: the server and tagger
+/// nodes are containers, each service but JuiceFS a container in its node's namespace.
+#[test]
+fn deployed_disgrafs_in_containers_serves_http_workloads_and_lab_down_stops_everything()
+-> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let engine = match runtime.block_on(Engine::connect()) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return Ok(());
+        }
+    };
+    let built = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["images", "build"])
+        .output()?;
+    common::ok(built, "lab images build")?;
+    let lab = TestLab::toml(TOPOLOGY, PREFIX)?;
+    let deployed = up_with_services(&lab, "containers")?;
+    for s in &deployed.services {
+        let Some(container) = &s.container else {
+            assert_eq!(
+                s.service,
+                Service::Juicefs,
+                "{:?} is no container",
+                s.service
+            );
+            continue;
+        };
+        let inspected = runtime.block_on(engine.docker().inspect_container(container, None))?;
+        let pid = inspected.state.and_then(|st| st.pid).context("no pid")?;
+        assert_eq!(pid, i64::from(s.pid), "{container}");
+        assert_eq!(
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino(),
+            std::fs::metadata(netns(&lab, &s.node))?.ino(),
+            "{container} is in node {}'s namespace",
+            s.node
+        );
+    }
+    serves_http_workloads_and_lab_down_stops_everything(&lab, &deployed)?;
+    let left = runtime.block_on(engine.containers_of(PREFIX, Some(&lab.name)))?;
+    assert!(left.is_empty(), "containers left: {left:?}");
+    Ok(())
+}
+
+/// Without an engine, `--services auto` (the default) runs the services as processes.
+#[test]
+fn without_an_engine_the_services_run_as_processes() -> anyhow::Result<()> {
+    build_disgrafs()?;
+    let mut lab = TestLab::toml(
+        "[nodes.client]\n[nodes.server]\n[[links]]\nendpoints = [\"client:eth0\", \"server:eth0\"]\n\
+         [deploy]\nserver = [\"redis\", \"disgrafs-server\"]\n",
+        PREFIX,
+    )?;
+    let socket = lab.dir.join("no-engine.sock");
+    lab.env.push((
+        "DOCKER_HOST".to_owned(),
+        format!("unix://{}", socket.display()),
+    ));
+    let out = lab.lab(&["up", lab.file_arg()?])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "lab up: {stderr}");
+    assert!(
+        stderr.contains("run as processes") && stderr.contains("no container engine"),
+        "{stderr}"
+    );
+    let deployed = deployed(&lab)?;
+    assert_eq!(deployed.services.len(), 2);
+    for s in &deployed.services {
+        assert_eq!(s.container, None);
+        assert!(running(s.pid), "{:?} is not running", s.service);
+    }
+    let server = deployed.server.context("no server address")?;
+    let (code, _) = get(&netns(&lab, "client"), server, "/healthz")?;
+    assert_eq!(code, 200);
+    Ok(())
+}
+
+/// `lab up --services SERVICES` of `lab`, checking its status output; the services recorded.
+fn up_with_services(lab: &TestLab, services: &str) -> anyhow::Result<Deployed> {
+    let out = lab.lab(&["up", lab.file_arg()?, "--services", services])?;
     ensure!(
         out.status.success(),
-        "lab up: {}",
+        "lab up --services {services}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let status = String::from_utf8(out.stdout)?;
     assert!(status.contains("DisGraFS UI: http://"), "{status}");
+    deployed(lab)
+}
 
-    let deployed = lab.deployed()?;
+/// Checks the services of `TOPOLOGY` (up, recorded in `deployed`) with HTTP workloads from the
+/// client node, then `lab down` and that nothing of them is left.
+fn serves_http_workloads_and_lab_down_stops_everything(
+    lab: &TestLab,
+    deployed: &Deployed,
+) -> anyhow::Result<()> {
     let services: Vec<(Service, &str)> = deployed
         .services
         .iter()
@@ -207,7 +266,7 @@ fn deployed_disgrafs_serves_http_workloads_and_lab_down_stops_everything() -> an
     assert_eq!(server.port(), 8080);
 
     let client = Site {
-        netns: Some(lab.netns("client")),
+        netns: Some(netns(lab, "client")),
         cpus: Vec::new(),
     };
     let run = |op: HttpOp, connections: usize, count: u64| {
@@ -251,7 +310,7 @@ fn deployed_disgrafs_serves_http_workloads_and_lab_down_stops_everything() -> an
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, body) = get(
-            &lab.netns("client"),
+            &netns(lab, "client"),
             server,
             "/api/files/lab-search-0.txt/tags",
         )?;
@@ -296,15 +355,16 @@ fn deployed_disgrafs_serves_http_workloads_and_lab_down_stops_everything() -> an
     }
     assert!(!mounted(&mount), "{} is still mounted", mount.display());
     assert!(!deployed.dir.exists(), "{} is left", deployed.dir.display());
-    assert!(!lab.netns("server").exists());
+    assert!(!netns(lab, "server").exists());
     Ok(())
 }
 
 #[test]
 fn a_service_that_fails_its_check_takes_the_lab_down() -> anyhow::Result<()> {
-    let mut lab = TestLab::new(
+    let mut lab = TestLab::toml(
         "[nodes.client]\n[nodes.server]\n[[links]]\nendpoints = [\"client:eth0\", \"server:eth0\"]\n\
          [deploy]\nserver = [\"redis\", \"disgrafs-server\"]\n",
+        PREFIX,
     )?;
     let bin = lab.dir.join("bin");
     std::fs::create_dir_all(&bin)?;
@@ -316,7 +376,7 @@ fn a_service_that_fails_its_check_takes_the_lab_down() -> anyhow::Result<()> {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     lab.env
         .push(("DISGRAFS_LAB_BIN".to_owned(), bin.display().to_string()));
-    let out = lab.lab(&["up", lab.file.to_str().context("utf-8")?])?;
+    let out = lab.lab(&["up", lab.file_arg()?, "--services", "processes"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "lab up succeeded: {stderr}");
     assert!(
@@ -325,11 +385,11 @@ fn a_service_that_fails_its_check_takes_the_lab_down() -> anyhow::Result<()> {
         "{stderr}"
     );
     assert!(
-        lab.states().read(PREFIX, &lab.name)?.is_none(),
+        states(&lab).read(PREFIX, &lab.name)?.is_none(),
         "state left"
     );
-    assert!(!lab.netns("server").exists(), "namespace left");
-    let run_dir = lab.states().run_dir(PREFIX, &lab.name);
+    assert!(!netns(&lab, "server").exists(), "namespace left");
+    let run_dir = states(&lab).run_dir(PREFIX, &lab.name);
     assert!(!run_dir.exists(), "run directory left");
     // Redis, started before the server failed, is stopped too.
     let run_dir = run_dir.to_string_lossy().into_owned();

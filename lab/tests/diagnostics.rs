@@ -1,6 +1,6 @@
 //! Every class of error points at the right `file:line:col` with the right message.
 
-use lab::topology::{Format, Severity, parse};
+use lab::topology::{Format, NodeKind, Severity, parse};
 
 /// `file:line:col code: message` of every diagnostic of an invalid file.
 fn errors(text: &str, format: Format) -> Vec<String> {
@@ -249,7 +249,7 @@ fn containerlab_duplicate_keys_and_syntax() {
 
 #[test]
 fn containerlab_warnings_name_what_is_ignored() {
-    let text = "name: t\nprefix: x\ntopology:\n  nodes:\n    a:\n      kind: linux\n      image: alpine\n      env: {A: b}\n";
+    let text = "name: t\nprefix: x\ntopology:\n  nodes:\n    a:\n      kind: linux\n      cmd: sleep 1\n      env: {A: b}\n";
     let loaded = parse("t.clab.yml", text, Format::Containerlab).expect("valid");
     let warnings: Vec<String> = loaded
         .warnings
@@ -260,11 +260,55 @@ fn containerlab_warnings_name_what_is_ignored() {
         warnings,
         [
             "t.clab.yml:2:1 `prefix` in the file is not supported yet and is ignored",
-            "t.clab.yml:6:13 nodes of kind `linux` run as network namespaces until containers \
-             are supported",
-            "t.clab.yml:7:14 `image` in node `a` is not supported yet: `linux` nodes run as \
-             network namespaces, so `alpine` is ignored",
+            "t.clab.yml:5:5 node `a` of kind `linux` has no `image`: it runs as a network \
+             namespace, and its `cmd` is ignored",
             "t.clab.yml:8:7 `env` in node `a` is not supported yet and is ignored",
+        ]
+    );
+}
+
+/// containerlab `linux` nodes with an `image` are container nodes; `cmd` is a string (split at
+/// whitespace) or a list, inherited like any setting.
+#[test]
+fn containerlab_linux_nodes_with_an_image_are_containers() {
+    let text = "name: t\ntopology:\n  kinds:\n    linux:\n      image: disgrafs-lab/base\n\
+        \x20     cmd: sleep 100\n  nodes:\n    a: {kind: linux}\n    b:\n      kind: linux\n\
+        \x20     image: disgrafs-lab/storage\n      cmd: [\"/bin/sh\", \"-c\", \"exec sleep 9\"]\n";
+    let loaded = parse("t.clab.yml", text, Format::Containerlab)
+        .unwrap_or_else(|d| panic!("{}", d.render_plain()));
+    assert_eq!(
+        loaded.warnings.iter().count(),
+        0,
+        "{}",
+        loaded.warnings.render_plain()
+    );
+    let kinds: Vec<(&str, &NodeKind)> = loaded
+        .topology
+        .nodes
+        .iter()
+        .map(|n| (n.name.value.as_str(), &n.kind.value))
+        .collect();
+    let container = |image: &str, cmd: &[&str]| NodeKind::Container {
+        image: Some(image.to_owned()),
+        cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
+    };
+    assert_eq!(
+        kinds,
+        [
+            ("a", &container("disgrafs-lab/base", &["sleep", "100"])),
+            (
+                "b",
+                &container("disgrafs-lab/storage", &["/bin/sh", "-c", "exec sleep 9"])
+            ),
+        ]
+    );
+    assert_eq!(
+        errors(
+            "name: t\ntopology:\n  nodes:\n    a: {kind: linux, image: x, cmd: {a: b}}\n",
+            Format::Containerlab
+        ),
+        [
+            "t.clab.yml:4:37 topology::type: `cmd` must be a string or an array of strings, not a table"
         ]
     );
 }

@@ -50,6 +50,50 @@ snapshot_topology!(two_linux_clab, "two-linux.clab.yml");
 snapshot_topology!(vm_server, "vm-server.toml");
 snapshot_topology!(disgrafs, "disgrafs.toml");
 
+/// With the services of `[deploy]` in containers, the demo lab's server and tagger nodes are
+/// containers of the base image (the client, without services, stays a namespace).
+#[test]
+fn disgrafs_with_service_containers() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/topologies/disgrafs.toml");
+    let loaded = topology::load(&path).expect("valid");
+    let options = PlanOptions {
+        service_containers: true,
+        ..PlanOptions::default()
+    };
+    let plan = Plan::new(&loaded.topology, &options);
+    let nodes: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateNamespace { node, .. } => Some(format!("{node}: netns")),
+            Step::StartContainer { node, image, .. } => Some(format!("{node}: {image}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "lan: netns",
+            "client: netns",
+            "server: disgrafs-lab/base",
+            "tagger: disgrafs-lab/base"
+        ]
+    );
+    // Otherwise the same steps, and two sysctls per container turning IPv6 back on.
+    let without = Plan::new(&loaded.topology, &PlanOptions::default());
+    let is_ipv6_on =
+        |s: &Step| matches!(s, Step::Sysctl { key, .. } if key.ends_with(".disable_ipv6"));
+    assert_eq!(plan.steps.iter().filter(|s| is_ipv6_on(s)).count(), 4);
+    let others = |p: &Plan| {
+        p.steps
+            .iter()
+            .filter(|s| !is_ipv6_on(s) && s.node_namespace().is_none())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(others(&plan), others(&without));
+}
+
 #[test]
 fn every_shipped_topology_has_a_snapshot_test() {
     let tested = [
@@ -156,6 +200,7 @@ fn prefix_changes_every_name() {
     let loaded = topology::load(&path).expect("valid");
     let options = PlanOptions {
         prefix: topology::Prefix::new("t1").expect("valid prefix"),
+        ..PlanOptions::default()
     };
     let plan = Plan::new(&loaded.topology, &options);
     let json = serde_json::to_string(&plan).expect("serializable");

@@ -2,109 +2,18 @@
 //! a shipped topology under a unique lab name and state directory, and removes it even when
 //! it fails.
 
+mod common;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
-
-/// A shipped topology copied under a unique lab name, with its own state directory; `Drop`
-/// runs `lab down` for it.
-struct TestLab {
-    name: String,
-    prefix: String,
-    dir: PathBuf,
-    file: PathBuf,
-}
-
-impl TestLab {
-    fn new(topology: &str) -> anyhow::Result<Self> {
-        Self::with_prefix(topology, "dgl")
-    }
-
-    fn with_prefix(topology: &str, prefix: &str) -> anyhow::Result<Self> {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scenarios/topologies")
-            .join(format!("{topology}.toml"));
-        let text = std::fs::read_to_string(&shipped)?;
-        let name = testkit::unique_name();
-        let renamed = text.replacen(
-            &format!("name = \"{topology}\""),
-            &format!("name = \"{name}\""),
-            1,
-        );
-        ensure!(renamed != text, "{} has no name line", shipped.display());
-        let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join(format!("{topology}.toml"));
-        std::fs::write(&file, renamed)?;
-        Ok(Self {
-            name,
-            prefix: prefix.to_owned(),
-            dir,
-            file,
-        })
-    }
-
-    fn lab(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let state_dir = self.dir.join("state");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
-        command.args(args).args([
-            "--state-dir",
-            state_dir.to_str().context("utf-8 path")?,
-            "--prefix",
-            &self.prefix,
-        ]);
-        Ok(command.output()?)
-    }
-
-    fn lab_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.lab(args)?;
-        ensure!(
-            out.status.success(),
-            "lab {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    }
-
-    fn up(&self) -> anyhow::Result<String> {
-        self.lab_ok(&["up", self.file.to_str().context("utf-8 path")?])
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("{}-{}.{node}", self.prefix, self.name)
-    }
-
-    /// Namespaces of this lab that exist now.
-    fn namespaces_left(&self) -> anyhow::Result<Vec<String>> {
-        let start = format!("{}-{}.", self.prefix, self.name);
-        Ok(lab_netlink::Netns::list()?
-            .into_iter()
-            .filter(|n| n.starts_with(&start))
-            .collect())
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if let Err(e) = self.lab_ok(&["down", &self.name]) {
-            eprintln!("cleanup of lab {}: {e}", self.name);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    Ok(lab_netlink::Netns::open(ns)?.run(f)?)
-}
+use common::{TestLab, in_ns};
 
 fn ping(ns: &str, to: &str) -> anyhow::Result<()> {
     let out = in_ns(ns, || {
@@ -160,7 +69,7 @@ fn tcp_transfer(server_ns: &str, client_ns: &str, addr: SocketAddr) -> anyhow::R
 
 #[test]
 fn line_3_routes_v4_and_v6_through_the_router() -> anyhow::Result<()> {
-    let lab = TestLab::new("line-3")?;
+    let lab = TestLab::shipped("line-3.toml")?;
     lab.up()?;
     let (client, server) = (lab.ns("client"), lab.ns("server"));
     ping(&client, "10.78.2.2")?;
@@ -171,9 +80,156 @@ fn line_3_routes_v4_and_v6_through_the_router() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The host's IPv4 forwarding switched on until dropped, and restored then (also when the test
+/// fails). Writing `ip_forward` also sets `conf.all.accept_redirects` to its opposite, so that
+/// is restored too, after it.
+struct HostForwarding {
+    saved: Vec<(&'static str, String)>,
+}
+
+impl HostForwarding {
+    const KNOBS: [&str; 2] = [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv4/conf/all/accept_redirects",
+    ];
+
+    fn on() -> anyhow::Result<Self> {
+        let saved = Self::KNOBS
+            .iter()
+            .map(|knob| Ok((*knob, std::fs::read_to_string(knob)?.trim().to_owned())))
+            .collect::<anyhow::Result<_>>()?;
+        let guard = Self { saved };
+        std::fs::write(Self::KNOBS[0], "1")?;
+        Ok(guard)
+    }
+}
+
+impl Drop for HostForwarding {
+    fn drop(&mut self) {
+        for (knob, value) in &self.saved {
+            if let Err(e) = std::fs::write(knob, value) {
+                eprintln!("restoring {knob} to {value}: {e}");
+            }
+        }
+    }
+}
+
+/// Writes `value` to each of `knobs` (paths under /proc/sys) inside namespace `ns`.
+fn sysctls(ns: &str, knobs: &[&str], value: &str) -> anyhow::Result<()> {
+    in_ns(ns, || -> std::io::Result<()> {
+        for knob in knobs {
+            std::fs::write(knob, value)?;
+        }
+        Ok(())
+    })??;
+    Ok(())
+}
+
+/// Runs `ip ARGS` inside namespace `ns`.
+fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = in_ns(ns, || Command::new("ip").args(args).output())??;
+    ensure!(
+        out.status.success(),
+        "ip {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn only_the_router_forwards_also_on_a_host_that_forwards() -> anyhow::Result<()> {
+    let lab = TestLab::shipped("line-3.toml")?;
+    {
+        // A new namespace copies the host's IPv4 settings when it is made: during `lab up`.
+        let _host = HostForwarding::on()?;
+        lab.up()?;
+    }
+    let (client, router, server) = (lab.ns("client"), lab.ns("router"), lab.ns("server"));
+    for (node, ns, want) in [
+        ("client", &client, (false, false)),
+        ("router", &router, (true, true)),
+        ("server", &server, (false, false)),
+    ] {
+        let forwarding = lab_netlink::Netns::open(ns)?.forwarding()?;
+        assert_eq!(forwarding, want, "{node}: (IPv4, IPv6) forwarding");
+    }
+    // The router forwards between client and server.
+    ping(&client, "10.78.2.2")?;
+    ping(&client, "fd78:2::2")?;
+
+    // The client does not: the router sends its own packets for the server through the client
+    // (a policy route for locally made packets), so they come back only if the client forwards
+    // them. The router takes back packets from its own addresses (accept_local, no rp_filter).
+    ip(
+        &router,
+        &[
+            "route",
+            "add",
+            "10.78.2.2/32",
+            "via",
+            "10.78.1.2",
+            "table",
+            "100",
+        ],
+    )?;
+    ip(
+        &router,
+        &["rule", "add", "iif", "lo", "lookup", "100", "pref", "100"],
+    )?;
+    ip(
+        &router,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd78:2::2/128",
+            "via",
+            "fd78:1::2",
+            "table",
+            "100",
+        ],
+    )?;
+    ip(
+        &router,
+        &[
+            "-6", "rule", "add", "iif", "lo", "lookup", "100", "pref", "100",
+        ],
+    )?;
+    let conf = "/proc/sys/net/ipv4/conf";
+    sysctls(
+        &router,
+        &[
+            &format!("{conf}/all/accept_local"),
+            &format!("{conf}/eth0/accept_local"),
+        ],
+        "1",
+    )?;
+    sysctls(
+        &router,
+        &[
+            &format!("{conf}/all/rp_filter"),
+            &format!("{conf}/eth0/rp_filter"),
+        ],
+        "0",
+    )?;
+    assert!(
+        ping(&router, "10.78.2.2").is_err(),
+        "the client forwarded IPv4"
+    );
+    assert!(
+        ping(&router, "fd78:2::2").is_err(),
+        "the client forwarded IPv6"
+    );
+    // The detour itself works once the client forwards.
+    lab_netlink::Netns::open(&client)?.set_forwarding(true)?;
+    ping(&router, "10.78.2.2")?;
+    ping(&router, "fd78:2::2")?;
+    Ok(())
+}
+
 #[test]
 fn star_100_hosts_reach_each_other_across_the_bridge() -> anyhow::Result<()> {
-    let lab = TestLab::new("star-100")?;
+    let lab = TestLab::shipped("star-100.toml")?;
     lab.up()?;
     let status: serde_json::Value = serde_json::from_str(&lab.lab_ok(&["status", "--json"])?)?;
     let nodes = status[0]["nodes"].as_array().context("nodes")?;
@@ -200,11 +256,11 @@ fn star_100_hosts_reach_each_other_across_the_bridge() -> anyhow::Result<()> {
 
 #[test]
 fn a_lab_that_is_up_is_refused_and_others_do_not_collide() -> anyhow::Result<()> {
-    let first = TestLab::new("line-3")?;
-    let second = TestLab::new("line-3")?;
+    let first = TestLab::shipped("line-3.toml")?;
+    let second = TestLab::shipped("line-3.toml")?;
     first.up()?;
     second.up()?;
-    let again = first.lab(&["up", first.file.to_str().context("utf-8")?])?;
+    let again = first.lab(&["up", first.file_arg()?])?;
     assert_eq!(again.status.code(), Some(3), "{again:?}");
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already up"),
@@ -229,7 +285,7 @@ fn a_lab_that_is_up_is_refused_and_others_do_not_collide() -> anyhow::Result<()>
 
 #[test]
 fn repeated_up_down_cycles_leave_nothing() -> anyhow::Result<()> {
-    let lab = TestLab::new("line-3")?;
+    let lab = TestLab::shipped("line-3.toml")?;
     for cycle in 0..20 {
         lab.up().with_context(|| format!("cycle {cycle}"))?;
         lab.lab_ok(&["down", &lab.name])?;
@@ -241,8 +297,8 @@ fn repeated_up_down_cycles_leave_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn impairments_apply_with_netem_or_fail_cleanly_without_it() -> anyhow::Result<()> {
-    let lab = TestLab::new("two-hosts")?;
-    let out = lab.lab(&["up", lab.file.to_str().context("utf-8")?])?;
+    let lab = TestLab::shipped("two-hosts.toml")?;
+    let out = lab.lab(&["up", lab.file_arg()?])?;
     let config = Command::new("sh")
         .args([
             "-c",
@@ -274,17 +330,9 @@ fn impairments_apply_with_netem_or_fail_cleanly_without_it() -> anyhow::Result<(
 fn down_all_recovers_after_kill_during_up() -> anyhow::Result<()> {
     // A prefix of its own: `down --all` must not touch labs of parallel tests.
     let prefix = format!("k{:03}", std::process::id() % 1000);
-    let lab = TestLab::with_prefix("star-100", &prefix)?;
-    let state_dir = lab.dir.join("state");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args([
-            "up",
-            lab.file.to_str().context("utf-8")?,
-            "--prefix",
-            &prefix,
-        ])
-        .args(["--state-dir", state_dir.to_str().context("utf-8")?])
-        .spawn()?;
+    let lab = TestLab::shipped_with_prefix("star-100.toml", &prefix)?;
+    let state_dir = lab.state_dir();
+    let mut child = lab.command(&["up", lab.file_arg()?])?.spawn()?;
     // Kill it once it has started making namespaces (or after 2 s at most).
     let deadline = Instant::now() + Duration::from_secs(2);
     while lab.namespaces_left()?.len() < 5 && Instant::now() < deadline {
@@ -309,13 +357,13 @@ fn down_all_recovers_after_kill_during_up() -> anyhow::Result<()> {
 
 #[test]
 fn invalid_topology_exits_2_and_creates_nothing() -> anyhow::Result<()> {
-    let lab = TestLab::new("line-3")?;
+    let lab = TestLab::shipped("line-3.toml")?;
     let text = std::fs::read_to_string(&lab.file)?;
     std::fs::write(
         &lab.file,
         text.replacen("router:eth1", "nosuchnode:eth1", 1),
     )?;
-    let out = lab.lab(&["up", lab.file.to_str().context("utf-8")?])?;
+    let out = lab.lab(&["up", lab.file_arg()?])?;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown node `nosuchnode`"), "{stderr}");
@@ -329,7 +377,7 @@ fn invalid_topology_exits_2_and_creates_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn link_down_and_up_cut_and_restore_traffic() -> anyhow::Result<()> {
-    let lab = TestLab::new("line-3")?;
+    let lab = TestLab::shipped("line-3.toml")?;
     lab.up()?;
     let client = lab.ns("client");
     ping(&client, "10.78.2.2")?;

@@ -4,123 +4,36 @@
 //! after `lab up` was killed with SIGKILL. The first run downloads the kernel into the user's
 //! cache; when it cannot be fetched the tests say so and pass without running.
 
+mod common;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    path::Path,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{bail, ensure};
+use common::{TestLab, in_ns};
 use sha2::{Digest as _, Sha256};
 
-const TOPOLOGY: &str = "vm-server";
+const TOPOLOGY: &str = "vm-server.toml";
 const KERNEL: &str = "6.12";
 
-/// The shipped VM topology under a unique lab name and state directory; `Drop` runs
-/// `lab down`.
-struct VmLab {
-    name: String,
-    dir: PathBuf,
-    file: PathBuf,
-}
-
-impl VmLab {
-    fn new() -> anyhow::Result<Self> {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scenarios/topologies")
-            .join(format!("{TOPOLOGY}.toml"));
-        let text = std::fs::read_to_string(&shipped)?;
-        let name = testkit::unique_name();
-        let renamed = text.replacen(
-            &format!("name = \"{TOPOLOGY}\""),
-            &format!("name = \"{name}\""),
-            1,
-        );
-        ensure!(renamed != text, "{} has no name line", shipped.display());
-        let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join(format!("{TOPOLOGY}.toml"));
-        std::fs::write(&file, renamed)?;
-        Ok(Self { name, dir, file })
+/// What of `lab` is still there: namespaces, QEMU processes, VM run directories.
+fn leftovers(lab: &TestLab) -> anyhow::Result<Vec<String>> {
+    let mut left = lab.namespaces_left()?;
+    left.extend(qemu_processes(&lab.state_dir()));
+    let vm_dir = lab
+        .state_dir()
+        .join(&lab.prefix)
+        .join(format!("{}.vm", lab.name));
+    if vm_dir.exists() {
+        left.push(vm_dir.display().to_string());
     }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
-        command
-            .args([
-                "--state-dir",
-                self.state_dir().to_str().context("utf-8 path")?,
-            ])
-            .args(args);
-        Ok(command)
-    }
-
-    fn lab(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(self.command(args)?.output()?)
-    }
-
-    fn lab_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.lab(args)?;
-        ensure!(
-            out.status.success(),
-            "lab {args:?}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    }
-
-    fn up_args(&self) -> anyhow::Result<Vec<String>> {
-        Ok(vec![
-            "up".to_owned(),
-            self.file.to_str().context("utf-8 path")?.to_owned(),
-        ])
-    }
-
-    fn exec(&self, node: &str, command: &[&str]) -> anyhow::Result<String> {
-        let mut args = vec!["exec", node, "--"];
-        args.extend_from_slice(command);
-        self.lab_ok(&args)
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("dgl-{}.{node}", self.name)
-    }
-
-    /// What of this lab is still there: namespaces, QEMU processes, VM run directories.
-    fn leftovers(&self) -> anyhow::Result<Vec<String>> {
-        let start = format!("dgl-{}.", self.name);
-        let mut left: Vec<String> = lab_netlink::Netns::list()?
-            .into_iter()
-            .filter(|n| n.starts_with(&start))
-            .collect();
-        left.extend(qemu_processes(&self.state_dir()));
-        let vm_dir = self
-            .state_dir()
-            .join("dgl")
-            .join(format!("{}.vm", self.name));
-        if vm_dir.exists() {
-            left.push(vm_dir.display().to_string());
-        }
-        Ok(left)
-    }
-}
-
-impl Drop for VmLab {
-    fn drop(&mut self) {
-        if let Err(e) = self.lab_ok(&["down", &self.name]) {
-            eprintln!("cleanup of lab {}: {e}", self.name);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    Ok(left)
 }
 
 /// Processes whose command line mentions `dir` (QEMU names its agent socket there).
@@ -153,10 +66,6 @@ fn kernel_available() -> bool {
     }
 }
 
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    Ok(lab_netlink::Netns::open(ns)?.run(f)?)
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -169,10 +78,9 @@ fn a_vm_node_is_reached_over_a_lab_link_and_leaves_nothing() -> anyhow::Result<(
     if !kernel_available() {
         return Ok(());
     }
-    let lab = VmLab::new()?;
+    let lab = TestLab::shipped(TOPOLOGY)?;
     let started = Instant::now();
-    let up: Vec<String> = lab.up_args()?;
-    lab.lab_ok(&up.iter().map(String::as_str).collect::<Vec<_>>())?;
+    lab.up()?;
     eprintln!("lab up with a VM node: {:?}", started.elapsed());
     let client = lab.ns("client");
 
@@ -265,13 +173,13 @@ fn a_vm_node_is_reached_over_a_lab_link_and_leaves_nothing() -> anyhow::Result<(
     let sent = lab.exec("server", &["sha256sum", "/tmp/out"])?;
     ensure!(sent.starts_with(&sha256_hex(&got)), "guest sent {sent}");
 
-    let running = lab.leftovers()?;
+    let running = leftovers(&lab)?;
     ensure!(
         running.iter().filter(|l| l.starts_with("QEMU")).count() == 1 && running.len() == 4,
         "two namespaces, one QEMU and its run directory while up: {running:?}"
     );
     lab.lab_ok(&["down", &lab.name])?;
-    let left = lab.leftovers()?;
+    let left = leftovers(&lab)?;
     ensure!(left.is_empty(), "left after lab down: {left:?}");
     Ok(())
 }
@@ -281,15 +189,12 @@ fn lab_down_after_kill_9_of_lab_up_stops_the_vm() -> anyhow::Result<()> {
     if !kernel_available() {
         return Ok(());
     }
-    let lab = VmLab::new()?;
-    let up: Vec<String> = lab.up_args()?;
-    let mut child = lab
-        .command(&up.iter().map(String::as_str).collect::<Vec<_>>())?
-        .spawn()?;
+    let lab = TestLab::shipped(TOPOLOGY)?;
+    let mut child = lab.command(&["up", lab.file_arg()?])?.spawn()?;
     // Kill `lab up` once QEMU is running (its pid file exists), before the guest is configured.
     let pid_file = lab
         .state_dir()
-        .join("dgl")
+        .join(&lab.prefix)
         .join(format!("{}.vm", lab.name))
         .join("server/qemu.pid");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -307,7 +212,7 @@ fn lab_down_after_kill_9_of_lab_up_stops_the_vm() -> anyhow::Result<()> {
         "QEMU outlives a killed `lab up` until `lab down`"
     );
     lab.lab_ok(&["down", &lab.name])?;
-    let left = lab.leftovers()?;
+    let left = leftovers(&lab)?;
     ensure!(left.is_empty(), "left after lab down: {left:?}");
     Ok(())
 }

@@ -351,6 +351,19 @@ macro_rules! conformance {
     };
 }
 
+/// FalkorDB from the lab's storage image (`lab images build storage`), in a container started
+/// through testcontainers.
+#[tokio::test]
+async fn search_on_falkordb_of_the_lab_storage_image() {
+    let Some(server) = RedisServer::falkordb_in_storage_image().unwrap() else {
+        return;
+    };
+    let store = FalkorGraphStore::new(&server.url(), "search").unwrap();
+    search_intersects_tags_and_filters_name_kind_with_pages(&store).await;
+    let store = FalkorGraphStore::new(&server.url(), "neighbourhood").unwrap();
+    neighbourhood_around_file_and_tag(&store).await;
+}
+
 conformance!(
     search_intersects_tags_and_filters_name_kind_with_pages,
     replacing_content_drops_stale_tags_and_rejects_late_tag_writes,

@@ -41,15 +41,28 @@ async fn next(queue: &RedisTagQueue) -> disgrafs_core::Delivery {
 /// every job is delivered exactly once when nobody fails.
 #[tokio::test]
 async fn two_consumers_share_the_group_and_each_job_is_delivered_once() {
-    let server = RedisServer::redis().unwrap();
-    let producer = queue(&server, "producer", Duration::from_secs(60));
+    two_consumers_share_the_group(&RedisServer::redis().unwrap()).await;
+}
+
+/// The same against Redis from the lab's storage image (`lab images build storage`), in a
+/// container started through testcontainers.
+#[tokio::test]
+async fn two_consumers_share_the_group_on_the_lab_storage_image() {
+    let Some(server) = RedisServer::redis_in_storage_image().unwrap() else {
+        return;
+    };
+    two_consumers_share_the_group(&server).await;
+}
+
+async fn two_consumers_share_the_group(server: &RedisServer) {
+    let producer = queue(server, "producer", Duration::from_secs(60));
     let jobs: BTreeSet<String> = (0..20).map(|i| format!("file-{i:02}")).collect();
     for name in &jobs {
         producer.enqueue(job(name)).await.unwrap();
     }
     assert_eq!(producer.backlog().await.unwrap(), 20);
     let consume = |consumer: &'static str| {
-        let q = queue(&server, consumer, Duration::from_secs(60));
+        let q = queue(server, consumer, Duration::from_secs(60));
         async move {
             let mut got = Vec::new();
             while let Ok(Ok(delivery)) =

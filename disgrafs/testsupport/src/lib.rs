@@ -1,9 +1,12 @@
 //! Real service processes for DisGraFS tests: Redis and FalkorDB, each on 127.0.0.1 with a
 //! free port and its own temporary directory, and a FUSE-mounted JuiceFS volume ([`JuiceFs`]).
+//! Redis and FalkorDB also run from the lab's own storage image (`lab images build storage`),
+//! in a container started through testcontainers ([`RedisServer::redis_in_storage_image`]).
 //!
 //! Every handle stops what it started when dropped (also when a test panics): servers are
-//! killed and reaped, mounts unmounted. FalkorDB and JuiceFS are looked up under the directory
-//! that `./setup` installs them to, `/opt/disgrafs-lab`, or under `$DISGRAFS_LAB_TOOLS`.
+//! killed and reaped or their containers removed, mounts unmounted. FalkorDB and JuiceFS are
+//! looked up under the directory that `./setup` installs them to, `/opt/disgrafs-lab`, or under
+//! `$DISGRAFS_LAB_TOOLS`.
 
 mod juicefs;
 
@@ -14,6 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use testcontainers::{
+    Container, GenericImage, ImageExt as _, core::Mount, runners::SyncRunner as _,
+};
 
 pub use juicefs::{JuiceFs, Unmounted, juicefs_bin, mount_type};
 
@@ -46,7 +52,10 @@ enum Flavor {
     FalkorDb,
 }
 
-/// A Redis (or FalkorDB) server process on 127.0.0.1, killed when dropped.
+/// The lab's storage image (Redis and FalkorDB), as `lab images build storage` tags it.
+pub const STORAGE_IMAGE: (&str, &str) = ("disgrafs-lab/storage", "latest");
+
+/// A Redis (or FalkorDB) server on 127.0.0.1, killed (or its container removed) when dropped.
 ///
 /// It writes an append-only file with `fsync` on every write into its temporary directory, so
 /// [`RedisServer::stop`] followed by [`RedisServer::restart`] models an outage that loses
@@ -56,7 +65,25 @@ pub struct RedisServer {
     flavor: Flavor,
     port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    /// Whether it runs in a container of [`STORAGE_IMAGE`].
+    in_image: bool,
+    running: Option<Running>,
+}
+
+/// A started server: a child process, or a container.
+#[derive(Debug)]
+enum Running {
+    Process(Child),
+    Container(Box<Container<GenericImage>>),
+}
+
+/// Runs `f` on a thread of its own: testcontainers' blocking API runs a Tokio runtime of its
+/// own, which must not happen on a thread that is inside one (as in `#[tokio::test]`s).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 impl RedisServer {
@@ -70,7 +97,31 @@ impl RedisServer {
         Self::start(Flavor::FalkorDb)
     }
 
+    /// Starts Redis from the lab's storage image (host network, so on 127.0.0.1), building
+    /// the image first when the engine has none; `None` (saying why) when no container engine
+    /// answers.
+    pub fn redis_in_storage_image() -> anyhow::Result<Option<Self>> {
+        Self::start_in_image(Flavor::Redis)
+    }
+
+    /// Starts FalkorDB from the lab's storage image, like
+    /// [`RedisServer::redis_in_storage_image`].
+    pub fn falkordb_in_storage_image() -> anyhow::Result<Option<Self>> {
+        Self::start_in_image(Flavor::FalkorDb)
+    }
+
+    fn start_in_image(flavor: Flavor) -> anyhow::Result<Option<Self>> {
+        if !build_storage_image()? {
+            return Ok(None);
+        }
+        Self::start_as(flavor, true).map(Some)
+    }
+
     fn start(flavor: Flavor) -> anyhow::Result<Self> {
+        Self::start_as(flavor, false)
+    }
+
+    fn start_as(flavor: Flavor, in_image: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("disgrafs-redis-")
             .tempdir()
@@ -79,7 +130,8 @@ impl RedisServer {
             flavor,
             port: 0,
             dir,
-            child: None,
+            in_image,
+            running: None,
         };
         // Another process may take the free port before the server binds it: try a few.
         let mut last = None;
@@ -103,11 +155,20 @@ impl RedisServer {
         self.port
     }
 
-    /// Kills the server (SIGKILL, no shutdown save), as in a crash or an outage.
+    /// Kills the server (SIGKILL, no shutdown save; a container is removed), as in a crash
+    /// or an outage.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match self.running.take() {
+            Some(Running::Process(mut child)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Some(Running::Container(container)) => {
+                if let Err(e) = off_runtime(|| container.rm()) {
+                    eprintln!("removing the storage container: {e}");
+                }
+            }
+            None => {}
         }
     }
 
@@ -118,6 +179,9 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        if self.in_image {
+            return self.spawn_container();
+        }
         let log = self.dir.path().join("server.log");
         let mut command = match self.flavor {
             Flavor::Redis => Command::new("redis-server"),
@@ -154,7 +218,7 @@ impl RedisServer {
                 );
             }
             if ping(self.port) {
-                self.child = Some(child);
+                self.running = Some(Running::Process(child));
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -167,6 +231,120 @@ impl RedisServer {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl RedisServer {
+    /// Starts the server in a container of [`STORAGE_IMAGE`] on the host's network, its data
+    /// directory mounted at `/data`.
+    fn spawn_container(&mut self) -> anyhow::Result<()> {
+        let (program, module) = match self.flavor {
+            Flavor::Redis => ("/usr/bin/redis-server", None),
+            Flavor::FalkorDb => (
+                "/opt/falkordb/redis-server",
+                Some("/opt/falkordb/falkordb.so"),
+            ),
+        };
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            "/data",
+            "--logfile",
+            "/data/server.log",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(module) = module {
+            args.extend(["--loadmodule".to_owned(), module.to_owned()]);
+        }
+        let data = self.dir.path().to_str().context("utf-8 data directory")?;
+        let request = GenericImage::new(STORAGE_IMAGE.0, STORAGE_IMAGE.1)
+            .with_entrypoint(program)
+            .with_network("host")
+            .with_mount(Mount::bind_mount(data, "/data"))
+            .with_cmd(args);
+        let container = off_runtime(|| request.start())
+            .with_context(|| format!("starting {program} from {}", STORAGE_IMAGE.0))?;
+        let log = self.dir.path().join("server.log");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if ping(self.port) {
+                self.running = Some(Running::Container(Box::new(container)));
+                return Ok(());
+            }
+            let running = off_runtime(|| container.is_running()).unwrap_or(false);
+            if !running || Instant::now() > deadline {
+                let _ = off_runtime(|| container.rm());
+                bail!(
+                    "{program} in {} on port {} {}: {}",
+                    STORAGE_IMAGE.0,
+                    self.port,
+                    if running {
+                        format!("did not answer PING within {READY_TIMEOUT:?}")
+                    } else {
+                        "exited".to_owned()
+                    },
+                    tail(&log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Makes sure the engine has [`STORAGE_IMAGE`], running `lab images build storage` when it
+/// does not; `false`, saying why, when no container engine answers.
+fn build_storage_image() -> anyhow::Result<bool> {
+    let reference = format!("{}:{}", STORAGE_IMAGE.0, STORAGE_IMAGE.1);
+    let present = off_runtime(|| -> anyhow::Result<Result<bool, String>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let docker = match testcontainers::bollard::Docker::connect_with_local_defaults() {
+                Ok(docker) => docker,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            if let Err(e) = docker.ping().await {
+                return Ok(Err(e.to_string()));
+            }
+            Ok(Ok(docker.inspect_image(&reference).await.is_ok()))
+        })
+    })?;
+    match present {
+        Err(why) => {
+            eprintln!("SKIPPED (needs a container engine for {reference}): {why}");
+            Ok(false)
+        }
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let out = Command::new(env!("CARGO"))
+                .current_dir(&workspace)
+                .args([
+                    "run", "--quiet", "-p", "lab", "--", "images", "build", "storage",
+                ])
+                .output()
+                .context("running `cargo run -p lab -- images build storage`")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "lab images build storage: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(true)
         }
     }
 }

@@ -1,5 +1,9 @@
 //! Root tests through the kernel: every namespace is a `testkit::NetNs` (or guarded), so
 //! nothing is left behind when a test fails; no link is made in the host namespace.
+//!
+//! The netem tests need a kernel with `sch_netem`; they are ignored in a plain run, and
+//! `netem_tests_pass_on_a_kernel_with_netem` runs them — here, or in one QEMU guest with a
+//! Debian kernel when this kernel has no netem.
 
 use std::{
     io,
@@ -392,27 +396,9 @@ fn tc_root_qdisc(node: &Node, dev: &str) -> anyhow::Result<serde_json::Value> {
         .ok_or_else(|| anyhow!("no root qdisc on {dev}: {shown}"))
 }
 
-/// Sets `netem` on `link`; `false` when the running kernel has no netem (checked against its
-/// config, so a wrong "unsupported" answer still fails the test).
-async fn set_netem_if_supported(node: &Node, link: u32, netem: &Netem) -> anyhow::Result<bool> {
-    match node.nl.set_netem(link, netem).await {
-        Ok(()) => Ok(true),
-        Err(err @ Error::Unsupported { .. }) => {
-            let config = Command::new("zgrep")
-                .args(["-x", "CONFIG_NET_SCH_NETEM=[ym]", "/proc/config.gz"])
-                .status()?;
-            ensure!(
-                !config.success(),
-                "netem reported missing but configured: {err}"
-            );
-            eprintln!("SKIPPED (the kernel has no netem): {err}");
-            Ok(false)
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
+/// Needs a kernel with `sch_netem`: run by [`netem_tests_pass_on_a_kernel_with_netem`].
 #[tokio::test]
+#[ignore = "needs sch_netem: netem_tests_pass_on_a_kernel_with_netem runs it (in a VM if need be)"]
 async fn netem_is_set_read_back_replaced_and_deleted() -> anyhow::Result<()> {
     let node = Node::new()?;
     node.nl.add_veth(&Veth::new("a0", "b0").up()).await?;
@@ -430,9 +416,7 @@ async fn netem_is_set_read_back_replaced_and_deleted() -> anyhow::Result<()> {
         rate: Some(125_000_000),
         limit: 500,
     };
-    if !set_netem_if_supported(&node, a0, &netem).await? {
-        return Ok(());
-    }
+    node.nl.set_netem(a0, &netem).await?;
     assert_eq!(node.nl.netem(a0).await?, Some(netem));
     let tc = tc_root_qdisc(&node, "a0")?;
     let options = &tc["options"];
@@ -484,7 +468,9 @@ async fn netem_is_set_read_back_replaced_and_deleted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Needs a kernel with `sch_netem`: run by [`netem_tests_pass_on_a_kernel_with_netem`].
 #[tokio::test]
+#[ignore = "needs sch_netem: netem_tests_pass_on_a_kernel_with_netem runs it (in a VM if need be)"]
 async fn netem_delay_shows_in_the_round_trip() -> anyhow::Result<()> {
     let (a, b) = (Node::new()?, Node::new()?);
     a.nl.add_veth(&Veth::new("eth0", "eth0").peer_netns(&b.netns).up())
@@ -500,13 +486,171 @@ async fn netem_delay_shows_in_the_round_trip() -> anyhow::Result<()> {
     };
     for node in [&a, &b] {
         let eth0 = node.nl.link_index("eth0").await?;
-        if !set_netem_if_supported(node, eth0, &delay).await? {
-            return Ok(());
-        }
+        node.nl.set_netem(eth0, &delay).await?;
     }
     let after = udp_round_trip(&a, &b, v4("10.7.0.2"))?;
     if after < Duration::from_millis(20) {
         bail!("round trip {after:?} (was {before:?}) with 10 ms each way");
     }
+    Ok(())
+}
+
+/// The tests that need `sch_netem` (ignored in a plain run).
+const NETEM_TESTS: [&str; 2] = [
+    "netem_is_set_read_back_replaced_and_deleted",
+    "netem_delay_shows_in_the_round_trip",
+];
+
+/// The Debian kernel the netem tests boot when this one has no netem.
+const NETEM_KERNEL: &str = "6.12";
+
+/// Longest wait for the guest's boot and for the tests in it (TCG on a loaded machine).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Whether this kernel can make a netem qdisc (tried on a veth in a scratch namespace).
+fn kernel_has_netem() -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let node = Node::new()?;
+        node.nl.add_veth(&Veth::new("a0", "b0")).await?;
+        let a0 = node.nl.link_index("a0").await?;
+        match node.nl.set_netem(a0, &Netem::default()).await {
+            Ok(()) => Ok(true),
+            Err(Error::Unsupported { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+/// The shared libraries (and loader) `bin` needs, from `ldd`.
+fn shared_libraries(bin: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let out = Command::new("ldd").arg(bin).output()?;
+    ensure!(
+        out.status.success(),
+        "ldd {}: {}",
+        bin.display(),
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let target = line.split_once("=>").map_or(line, |(_, t)| t).trim();
+            let path = target.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.into())
+        })
+        .collect())
+}
+
+/// Runs this test binary's [`NETEM_TESTS`] (`--ignored --exact`) inside a QEMU guest booting
+/// Debian's [`NETEM_KERNEL`], which has netem: the binary comes over 9p, its shared libraries
+/// and iproute2's `tc` (the tests read the qdisc back through it too) go into the initramfs.
+/// Returns the exit code and the output; `None` (saying why) when the kernel cannot be fetched.
+fn run_netem_tests_in_a_guest(args: &[&str]) -> anyhow::Result<Option<(i32, String)>> {
+    use lab_vm::{Cache, InitramfsSpec, Matrix, Vm, VmConfig, initramfs};
+    let fetched = Matrix::builtin().and_then(|m| Cache::from_env()?.fetch(m.kernel(NETEM_KERNEL)?));
+    let kernel = match fetched {
+        Ok(kernel) => kernel,
+        Err(e) => {
+            eprintln!("SKIPPED: kernel {NETEM_KERNEL} cannot be fetched: {e}");
+            return Ok(None);
+        }
+    };
+    let exe = std::env::current_exe()?;
+    let tc = ["/usr/sbin/tc", "/sbin/tc"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .context("iproute2's tc is missing (./setup installs it)")?;
+    let dir = tempfile::tempdir()?;
+    let image = dir.path().join("initramfs.cpio");
+    let mut extra = shared_libraries(&exe)?;
+    extra.push(tc);
+    let spec = InitramfsSpec {
+        modules: [
+            "virtio_pci",
+            "virtio_console",
+            "9pnet_virtio",
+            "9p",
+            "veth",
+            "sch_netem",
+        ]
+        .map(String::from)
+        .to_vec(),
+        extra_binaries: extra,
+        ..InitramfsSpec::default()
+    };
+    initramfs::build(&kernel, &spec, &image)?;
+    let config = VmConfig {
+        cpus: 1,
+        memory_mib: 512,
+        share: Some(
+            exe.parent()
+                .context("the test binary's directory")?
+                .to_owned(),
+        ),
+        boot_timeout: GUEST_TIMEOUT,
+        ..VmConfig::new(&kernel.vmlinux, &image)
+    };
+    let mut vm = Vm::boot(&config)?;
+    eprintln!(
+        "kernel {}: agent ready after {} ms",
+        kernel.release,
+        vm.ready_after().as_millis()
+    );
+    let guest_exe = format!(
+        "/host/{}",
+        exe.file_name()
+            .and_then(|n| n.to_str())
+            .context("the test binary's name")?
+    );
+    let mut argv = vec![guest_exe.as_str()];
+    argv.extend_from_slice(args);
+    let out = vm.run(&argv, GUEST_TIMEOUT)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Some((out.exit_code, text)))
+}
+
+/// Runs the ignored [`NETEM_TESTS`] of this binary where there is netem: as a child process
+/// when this kernel has it, otherwise in one QEMU guest (see [`run_netem_tests_in_a_guest`]),
+/// and checks that each of them ran and passed.
+#[test]
+fn netem_tests_pass_on_a_kernel_with_netem() -> anyhow::Result<()> {
+    let mut args = vec!["--ignored", "--exact", "--test-threads", "1"];
+    args.extend(NETEM_TESTS);
+    let started = Instant::now();
+    let (code, output) = if kernel_has_netem()? {
+        let out = Command::new(std::env::current_exe()?)
+            .args(&args)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    } else {
+        match run_netem_tests_in_a_guest(&args)? {
+            Some(result) => result,
+            None => return Ok(()),
+        }
+    };
+    eprintln!("netem tests: {:?}\n{output}", started.elapsed());
+    ensure!(code == 0, "the netem tests exited with {code}:\n{output}");
+    for name in NETEM_TESTS {
+        ensure!(
+            output.contains(&format!("test {name} ... ok")),
+            "{name} did not pass:\n{output}"
+        );
+    }
+    ensure!(
+        output.contains(&format!("test result: ok. {} passed", NETEM_TESTS.len())),
+        "{output}"
+    );
     Ok(())
 }

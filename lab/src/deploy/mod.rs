@@ -24,7 +24,7 @@ use crate::topology::diag::{Sink, Span, Spanned};
 use crate::topology::value::{self, Fields, Value};
 use crate::topology::{Node, NodeKind};
 
-pub use run::{Deployed, Error, ServiceRecord, binary, start, stop, stop_recorded};
+pub use run::{Deployed, Error, ServiceRecord, binary, image_of, start, stop, stop_recorded};
 
 /// The TCP port Redis listens on inside its node.
 pub const REDIS_PORT: u16 = 6379;
@@ -32,6 +32,11 @@ pub const REDIS_PORT: u16 = 6379;
 pub const FALKORDB_PORT: u16 = 6380;
 /// The TCP port the DisGraFS server listens on inside its node (all addresses).
 pub const SERVER_PORT: u16 = 8080;
+
+/// The image of a node whose services run in containers (see
+/// [`crate::topology::PlanOptions::service_containers`]): it only holds the node's network
+/// namespace, which the services' containers join.
+pub const NODE_IMAGE: &str = "disgrafs-lab/base";
 
 /// Services started on one node.
 #[derive(Clone, Debug)]

@@ -1,14 +1,22 @@
 //! Starting and stopping deployed services.
 //!
-//! Every service is a child process spawned from a thread inside its node's network namespace
-//! (the host node: the lab's own), in a process group of its own, stdin from /dev/null and
-//! stdout and stderr into `DIR/logs/SERVICE-NODE.log`, where `DIR` is the lab's run directory
-//! next to its state file (`<state dir>/<prefix>/<lab>.d/`, also holding Redis' and JuiceFS'
-//! data). Before a service is spawned its mount point (JuiceFS) is recorded in the lab's state
-//! file, and its PID with its start time right after: [`stop_recorded`], which `lab down` runs
-//! before removing namespaces, stops exactly these processes (SIGTERM to the group, SIGKILL
-//! after 10 s) — also after a crash of the process that started them — then unmounts what is
-//! still mounted and removes the run directory.
+//! On a netns node (or the host node) every service is a child process spawned from a thread
+//! inside the node's network namespace (the host node: the lab's own), in a process group of
+//! its own, stdin from /dev/null and stdout and stderr into `DIR/logs/SERVICE-NODE.log`, where
+//! `DIR` is the lab's run directory next to its state file (`<state dir>/<prefix>/<lab>.d/`,
+//! also holding Redis' and JuiceFS' data). On a container node (see
+//! [`crate::topology::PlanOptions::service_containers`]) a service runs in a container of the
+//! lab's images ([`image_of`]) that joins the node container's network namespace, with `DIR`
+//! mounted at the same path and its output going to the same log file; JuiceFS stays a process
+//! in the node's namespace, as its FUSE mount must be in the host's mount namespace for the
+//! server's container (made after it, with `DIR` and so the mount inside) to see it. Before a
+//! service is started its mount point (JuiceFS) is recorded in the lab's state file, and its
+//! PID (a container's: its first process) with its start time right after: [`stop_recorded`],
+//! which `lab down` runs before removing namespaces and containers, stops exactly these
+//! processes (SIGTERM — to the group of a process, to the process itself in a container —,
+//! SIGKILL after 10 s) — also after a crash of the process that started them — then unmounts
+//! what is still mounted and removes the run directory. Service containers carry the lab's
+//! labels, so `lab down` removes them with the node containers.
 //!
 //! Each service is checked before the next one starts: Redis and FalkorDB answer `PING`,
 //! JuiceFS is in `/proc/self/mountinfo` (it runs in the foreground: no daemonizing, so no
@@ -16,6 +24,7 @@
 //! tagger is still running after a second. Addresses: a service on the same node is reached
 //! over 127.0.0.1, one on another node over that node's first address (IPv4 first).
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -28,6 +37,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Deployment, FALKORDB_PORT, REDIS_PORT, SERVER_PORT, Service, node_of};
+use crate::images::REPOSITORY;
+use crate::node::container::{Engine, EngineError, JoinedSpec};
 use crate::state::{LabState, StateDir};
 use crate::topology::{Plan, Step, Topology};
 
@@ -59,6 +70,9 @@ pub enum Error {
         /// What went wrong (with the end of its log).
         message: String,
     },
+    /// The container engine failed or cannot be reached.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// Reading or writing the lab's state or run directory failed.
     #[error("{what}: {source}")]
     Io {
@@ -103,6 +117,9 @@ pub struct ServiceRecord {
     pub start_ticks: u64,
     /// Its log file.
     pub log: PathBuf,
+    /// The container it runs in, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Where a program is looked for: `$DISGRAFS_LAB_BIN`, the directory of the running
@@ -153,6 +170,22 @@ fn tools_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from("/opt/disgrafs-lab"), PathBuf::from)
 }
 
+/// The image (in [`REPOSITORY`]) a service runs from on a container node, and its program's
+/// path there; `None` for JuiceFS, which always runs as a process (see the module's
+/// documentation).
+pub fn image_of(service: Service) -> Option<(&'static str, &'static str)> {
+    match service {
+        Service::Redis => Some(("storage", "/usr/bin/redis-server")),
+        Service::Falkordb => Some(("storage", "/opt/falkordb/redis-server")),
+        Service::Juicefs => None,
+        Service::DisgrafsServer => Some(("server", "/usr/bin/disgrafs-server")),
+        Service::DisgrafsTagger => Some(("tagger", "/usr/bin/disgrafs-tagger")),
+    }
+}
+
+/// FalkorDB's module inside the storage image.
+const FALKORDB_MODULE_IN_IMAGE: &str = "/opt/falkordb/falkordb.so";
+
 /// The lab as the starter sees it.
 struct Ctx<'a> {
     deploy: &'a [Deployment],
@@ -160,6 +193,9 @@ struct Ctx<'a> {
     plan: &'a Plan,
     states: &'a StateDir,
     state: LabState,
+    runtime: &'a tokio::runtime::Handle,
+    /// Connected on first use (by the first service on a container node).
+    engine: Option<Engine>,
 }
 
 impl Ctx<'_> {
@@ -175,10 +211,29 @@ impl Ctx<'_> {
 
     /// The namespace of `node` (`None`: the host's).
     fn netns(&self, node: &str) -> Option<String> {
+        self.plan
+            .steps
+            .iter()
+            .filter_map(Step::node_namespace)
+            .find(|(_, n)| *n == node)
+            .map(|(ns, _)| ns.to_owned())
+    }
+
+    /// The container of `node`, when it is a container node.
+    fn container(&self, node: &str) -> Option<String> {
         self.plan.steps.iter().find_map(|s| match s {
-            Step::CreateNamespace { ns, node: n } if n == node => Some(ns.clone()),
+            Step::StartContainer { ns, node: n, .. } if n == node => Some(ns.clone()),
             _ => None,
         })
+    }
+
+    fn engine(&mut self) -> Result<Engine, Error> {
+        if let Some(engine) = &self.engine {
+            return Ok(engine.clone());
+        }
+        let engine = self.runtime.block_on(Engine::connect())?;
+        self.engine = Some(engine.clone());
+        Ok(engine)
     }
 
     /// How a client on node `from` reaches `service` on port `port`.
@@ -216,12 +271,14 @@ pub(crate) fn node_addr(topology: &Topology, node: &str) -> Option<IpAddr> {
 /// Starts the services of `deploy` in the lab of `plan` (which is up, with its state file in
 /// `states`), in the order of [`Service::ALL`], each checked before the next one starts, and
 /// records them in the state file. On an error some may be running: they are recorded, and
-/// [`stop_recorded`] (or `lab down`) stops them.
+/// [`stop_recorded`] (or `lab down`) stops them. `runtime` drives the container engine's
+/// requests (for services on container nodes); call this from outside it.
 pub fn start(
     deploy: &[Deployment],
     topology: &Topology,
     plan: &Plan,
     states: &StateDir,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<Deployed, Error> {
     let state = states
         .read(&plan.prefix, &plan.lab)
@@ -236,6 +293,8 @@ pub fn start(
         plan,
         states,
         state,
+        runtime,
+        engine: None,
     };
     let dir = states.run_dir(&plan.prefix, &plan.lab);
     fs::create_dir_all(dir.join("logs"))
@@ -289,25 +348,50 @@ fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Erro
     } else {
         dir.join("disgrafs")
     };
-    let mut command;
+    // The program (found here, or its path in the image) and its arguments.
+    let in_container = ctx.container(node).filter(|_| image_of(service).is_some());
+    let program = |name: &str| -> Result<OsString, Error> {
+        match (&in_container, image_of(service)) {
+            (Some(_), Some((_, path))) => Ok(path.into()),
+            _ => Ok(binary(name)?.into_os_string()),
+        }
+    };
+    let mut argv: Vec<OsString> = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
     match service {
         Service::Redis | Service::Falkordb => {
-            let (program, port) = if service == Service::Redis {
+            let (name, port) = if service == Service::Redis {
                 ("redis-server", REDIS_PORT)
             } else {
                 ("falkordb-server", FALKORDB_PORT)
             };
-            command = Command::new(binary(program)?);
-            command
-                .args(["--port", &port.to_string(), "--bind", "* -::*"])
-                .args(["--protected-mode", "no", "--daemonize", "no", "--save", ""])
-                .args(["--appendonly", "no"])
-                .arg("--dir")
-                .arg(&data);
+            argv.push(program(name)?);
+            argv.extend(
+                [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "* -::*",
+                    "--protected-mode",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                ]
+                .map(OsString::from),
+            );
+            argv.push(data.clone().into());
             if service == Service::Falkordb {
-                command
-                    .arg("--loadmodule")
-                    .arg(tools_dir().join("lib/falkordb.so"));
+                argv.push("--loadmodule".into());
+                argv.push(if in_container.is_some() {
+                    FALKORDB_MODULE_IN_IMAGE.into()
+                } else {
+                    tools_dir().join("lib/falkordb.so").into()
+                });
             }
         }
         Service::Juicefs => {
@@ -327,60 +411,85 @@ fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Erro
                 .map_err(io_error(format!("creating {}", jfs_mount.display())))?;
             ctx.deployed().mounts.push(jfs_mount.clone());
             ctx.save()?;
-            command = Command::new(&juicefs);
-            command
-                .arg("mount")
-                .arg(&meta)
-                .arg(&jfs_mount)
-                .arg("--cache-dir")
-                .arg(data.join("cache"))
-                .arg("--no-usage-report");
+            argv.push(juicefs.into());
+            argv.extend(["mount".into(), meta.into(), jfs_mount.clone().into()]);
+            argv.extend(["--cache-dir".into(), data.join("cache").into()]);
+            argv.push("--no-usage-report".into());
         }
         Service::DisgrafsServer => {
             fs::create_dir_all(&files)
                 .map_err(io_error(format!("creating {}", files.display())))?;
-            command = Command::new(binary("disgrafs-server")?);
-            command
-                .args(["--listen", &format!("[::]:{SERVER_PORT}")])
-                .arg("--data")
-                .arg(&files)
-                .env("DISGRAFS_TOKEN", &ctx.deployed().token);
+            argv.push(program("disgrafs-server")?);
+            argv.extend(["--listen".into(), format!("[::]:{SERVER_PORT}").into()]);
+            argv.extend(["--data".into(), files.clone().into()]);
+            env.push(("DISGRAFS_TOKEN".to_owned(), ctx.deployed().token.clone()));
             if node_of(ctx.deploy, Service::Redis).is_some() {
                 let redis = ctx.addr(node, Service::Redis, REDIS_PORT)?;
-                command.arg("--redis").arg(format!("redis://{redis}/0"));
+                argv.extend(["--redis".into(), format!("redis://{redis}/0").into()]);
                 if node_of(ctx.deploy, Service::DisgrafsTagger).is_none() {
-                    command.args(["--workers", "1"]);
+                    argv.extend(["--workers".into(), "1".into()]);
                 }
             }
             if node_of(ctx.deploy, Service::Falkordb).is_some() {
                 let falkordb = ctx.addr(node, Service::Falkordb, FALKORDB_PORT)?;
-                command.arg("--falkordb").arg(format!("redis://{falkordb}"));
+                argv.extend(["--falkordb".into(), format!("redis://{falkordb}").into()]);
             }
         }
         Service::DisgrafsTagger => {
             let redis = ctx.addr(node, Service::Redis, REDIS_PORT)?;
-            command = Command::new(binary("disgrafs-tagger")?);
-            command
-                .arg("--redis")
-                .arg(format!("redis://{redis}/0"))
-                .arg("--data")
-                .arg(&files)
-                .args(["--consumer", &format!("tagger-{node}")]);
+            argv.push(program("disgrafs-tagger")?);
+            argv.extend(["--redis".into(), format!("redis://{redis}/0").into()]);
+            argv.extend(["--data".into(), files.clone().into()]);
+            argv.extend(["--consumer".into(), format!("tagger-{node}").into()]);
             if node_of(ctx.deploy, Service::Falkordb).is_some() {
                 let falkordb = ctx.addr(node, Service::Falkordb, FALKORDB_PORT)?;
-                command.arg("--falkordb").arg(format!("redis://{falkordb}"));
+                argv.extend(["--falkordb".into(), format!("redis://{falkordb}").into()]);
             }
         }
     }
-    let mut child = spawn(ns.as_deref(), command, &log).map_err(|e| fail(e.to_string()))?;
-    let pid = child.id();
-    ctx.deployed().services.push(ServiceRecord {
+    let (pid, mut child) = match &in_container {
+        Some(join) => {
+            let (image, _) = image_of(service).unwrap_or_default();
+            let spec = JoinedSpec {
+                name: container_name(join, service),
+                join: join.clone(),
+                node: node.to_owned(),
+                lab: ctx.plan.lab.clone(),
+                prefix: ctx.plan.prefix.clone(),
+                image: format!("{REPOSITORY}/{image}:latest"),
+                argv: logged_argv(&log, &argv).map_err(&fail)?,
+                env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                binds: vec![dir.to_str().map(str::to_owned).ok_or_else(|| {
+                    fail(format!("run directory {} is not UTF-8", dir.display()))
+                })?],
+            };
+            let engine = ctx.engine()?;
+            let pid = ctx
+                .runtime
+                .block_on(engine.start_joined(&spec))
+                .map_err(|e| fail(e.to_string()))?;
+            (pid, None)
+        }
+        None => {
+            let mut command = Command::new(&argv[0]);
+            command
+                .args(&argv[1..])
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            let child = spawn(ns.as_deref(), command, &log).map_err(|e| fail(e.to_string()))?;
+            (child.id(), Some(child))
+        }
+    };
+    let record = ServiceRecord {
         service,
         node: node.to_owned(),
         pid,
         start_ticks: start_ticks(pid).unwrap_or(0),
         log: log.clone(),
-    });
+        container: in_container
+            .as_ref()
+            .map(|join| container_name(join, service)),
+    };
+    ctx.deployed().services.push(record.clone());
     ctx.save()?;
     let ready = || -> Result<bool, String> {
         Ok(match service {
@@ -396,8 +505,16 @@ fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Erro
         std::thread::sleep(Duration::from_secs(1));
     }
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
-            return Err(fail(format!("exited with {status}: {}", tail(&log))));
+        match &mut child {
+            Some(child) => {
+                if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+                    return Err(fail(format!("exited with {status}: {}", tail(&log))));
+                }
+            }
+            None if !running(&record) => {
+                return Err(fail(format!("its container exited: {}", tail(&log))));
+            }
+            None => {}
         }
         if ready().map_err(&fail)? {
             return Ok(());
@@ -410,6 +527,30 @@ fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Erro
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The name of `service`'s container on the node whose container is `join` (node names have
+/// no `.`, so no node container has this name).
+fn container_name(join: &str, service: Service) -> String {
+    format!("{join}.{}", service.name())
+}
+
+/// The command line that runs `argv` in a container with its output appended to `log`:
+/// `/bin/sh` (every lab image has busybox) opens the log, then becomes the program.
+fn logged_argv(log: &Path, argv: &[OsString]) -> Result<Vec<String>, String> {
+    let mut shell = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        r#"log=$1; shift; exec "$@" >> "$log" 2>&1"#.to_owned(),
+        "sh".to_owned(),
+    ];
+    for arg in std::iter::once(log.as_os_str()).chain(argv.iter().map(OsString::as_os_str)) {
+        let arg = arg
+            .to_str()
+            .ok_or_else(|| format!("argument {} is not UTF-8", arg.display()))?;
+        shell.push(arg.to_owned());
+    }
+    Ok(shell)
 }
 
 /// Spawns `command` inside namespace `ns` in a process group of its own, output into `log`.
@@ -524,10 +665,17 @@ fn running(record: &ServiceRecord) -> bool {
     !zombie && start_ticks(record.pid) == Some(record.start_ticks)
 }
 
-/// Sends `signal` to the process group of `record`.
+/// Sends `signal` to the process group of `record`, or to its process when it runs in a
+/// container (the first process there; SIGTERM reaches it only as it handles SIGTERM, SIGKILL
+/// always).
 fn signal(record: &ServiceRecord, signal: i32) {
-    // SAFETY: kill has no memory effects; the group is the one the service was started in.
-    unsafe { libc::kill(-(record.pid as i32), signal) };
+    let target = if record.container.is_some() {
+        record.pid as i32
+    } else {
+        -(record.pid as i32)
+    };
+    // SAFETY: kill has no memory effects; the target is the recorded service.
+    unsafe { libc::kill(target, signal) };
 }
 
 /// Stops the services in `deployed` (last started first), copies their logs into `logs` if

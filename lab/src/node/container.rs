@@ -13,7 +13,10 @@ use testcontainers::{
     GenericImage, ImageExt as _, ReuseDirective,
     bollard::{
         self,
-        query_parameters::{ListContainersOptions, RemoveContainerOptions},
+        models::{ContainerCreateBody, HostConfig},
+        query_parameters::{
+            CreateContainerOptionsBuilder, ListContainersOptions, RemoveContainerOptions,
+        },
     },
     runners::AsyncRunner as _,
 };
@@ -71,6 +74,30 @@ pub struct ContainerSpec {
     pub image: String,
     /// Command replacing the image's (empty: the image's own).
     pub cmd: Vec<String>,
+}
+
+/// A container that joins the network namespace of a node's container (network mode
+/// `container:NODE`), e.g. a service of `[deploy]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedSpec {
+    /// The container's name.
+    pub name: String,
+    /// The node container whose network namespace it shares.
+    pub join: String,
+    /// The node.
+    pub node: String,
+    /// The lab.
+    pub lab: String,
+    /// The lab's kernel-name prefix.
+    pub prefix: String,
+    /// Image reference (`repo[:tag]`).
+    pub image: String,
+    /// Program and arguments (run as the entrypoint, replacing the image's).
+    pub argv: Vec<String>,
+    /// Environment, `NAME=value`.
+    pub env: Vec<String>,
+    /// Host directories mounted at the same path inside.
+    pub binds: Vec<String>,
 }
 
 /// A connection to the local container engine (Docker API on its Unix socket).
@@ -149,6 +176,67 @@ impl Engine {
             container: spec.name.clone(),
             pid,
         })
+    }
+
+    /// Whether image `reference` (`repo[:tag]`) is in the engine's store.
+    pub async fn has_image(&self, reference: &str) -> bool {
+        self.docker.inspect_image(reference).await.is_ok()
+    }
+
+    /// Starts `spec`'s container in the network namespace of its node's container and returns
+    /// the process id of its first process. testcontainers cannot do this (it would create a
+    /// network named `container:…`), so the engine's API is used directly.
+    pub async fn start_joined(&self, spec: &JoinedSpec) -> Result<u32, EngineError> {
+        let action = || format!("start {} from {}", spec.name, spec.image);
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or_else(|| EngineError::failed(action(), "no program to run"))?;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(vec![program.clone()]),
+            cmd: Some(args.to_vec()),
+            env: Some(spec.env.clone()),
+            labels: Some(HashMap::from([
+                (LABEL_PREFIX.to_owned(), spec.prefix.clone()),
+                (LABEL_LAB.to_owned(), spec.lab.clone()),
+                (LABEL_NODE.to_owned(), spec.node.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!("container:{}", spec.join)),
+                binds: Some(spec.binds.iter().map(|b| format!("{b}:{b}")).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| EngineError::failed(action(), e))?;
+        self.docker
+            .start_container(&spec.name, None)
+            .await
+            .map_err(|e| EngineError::failed(action(), e))?;
+        let state = self
+            .docker
+            .inspect_container(&spec.name, None)
+            .await
+            .map_err(|e| EngineError::failed(format!("inspect {}", spec.name), e))?
+            .state
+            .unwrap_or_default();
+        match state.pid {
+            Some(pid) if pid > 0 && state.running == Some(true) => Ok(pid as u32),
+            _ => Err(EngineError::failed(
+                action(),
+                format!(
+                    "the container exited at once (exit code {})",
+                    state.exit_code.unwrap_or_default()
+                ),
+            )),
+        }
     }
 
     /// Removes container `name` with its anonymous volumes (killing it first); one that does

@@ -221,6 +221,7 @@ pub fn plan(scenario: &Scenario, prefix: &Prefix) -> Plan {
         &topology,
         &PlanOptions {
             prefix: prefix.clone(),
+            ..PlanOptions::default()
         },
     )
 }
@@ -276,9 +277,15 @@ pub fn run(
         Ok(None)
     } else {
         progress.phase("starting the services of [deploy]");
-        crate::deploy::start(&scenario.deploy, &scenario.topology, &plan, &options.states)
-            .map(Some)
-            .map_err(|e| ("starting the services".to_owned(), e.to_string()))
+        crate::deploy::start(
+            &scenario.deploy,
+            &scenario.topology,
+            &plan,
+            &options.states,
+            runtime,
+        )
+        .map(Some)
+        .map_err(|e| ("starting the services".to_owned(), e.to_string()))
     };
     let mut failure = match deployed {
         Ok(deployed) => {

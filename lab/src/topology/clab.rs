@@ -1,10 +1,11 @@
 //! Reads containerlab's `.clab.yml` into the same model as the TOML format.
 //!
-//! Supported: node kinds `linux` (run as a network namespace until containers exist), `bridge`
-//! and `host`; `defaults`, `kinds` and `groups` inheritance (node > group > kind > defaults);
-//! node `exec`; links in the brief (`endpoints: ["a:eth1", "b:eth1"]`) and extended (`type: veth`,
-//! `type: host`) formats with `mtu`. Recognised container settings give warnings; unknown fields
-//! are errors. Links get no addresses: containerlab users set them with `exec`.
+//! Supported: node kinds `linux` (a container node when it has an `image`, with `cmd` as a
+//! string or a list; a network namespace without one), `bridge` and `host`; `defaults`,
+//! `kinds` and `groups` inheritance (node > group > kind > defaults); node `exec`; links in the
+//! brief (`endpoints: ["a:eth1", "b:eth1"]`) and extended (`type: veth`, `type: host`) formats
+//! with `mtu`. Other recognised settings give warnings; unknown fields are errors. Links get no
+//! addresses: containerlab users set them with `exec`.
 
 use super::diag::{Sink, Span, Spanned};
 use super::model::{Addressing, Endpoint, Link, Node, NodeKind, Topology};
@@ -65,6 +66,8 @@ const KINDS: &str = "linux, bridge, host";
 struct Layer {
     kind: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    cmd: Option<Spanned<Vec<String>>>,
     exec: Option<Vec<Spanned<String>>>,
 }
 
@@ -79,24 +82,21 @@ fn layer(value: &Value, what: &str, sink: &mut Sink) -> Layer {
     };
     let kind = text(&mut fields, "kind", sink);
     let group = text(&mut fields, "group", sink);
-    for name in ["image", "cmd"] {
-        if let Some(found) = text(&mut fields, name, sink) {
-            sink.warning(
-                "topology::unsupported_field",
-                found.span,
-                format!(
-                    "`{name}` in {what} is not supported yet: `linux` nodes run as network \
-                     namespaces, so `{}` is ignored",
-                    found.value
-                ),
-            );
-        }
-    }
+    let image = text(&mut fields, "image", sink);
+    let cmd = fields
+        .get("cmd")
+        .and_then(|v| value::command(v, "`cmd`", sink));
     let exec = fields
         .get("exec")
         .map(|v| value::strings(v, "`exec`", sink));
     fields.finish(sink, what, NODE, NODE_UNSUPPORTED);
-    Layer { kind, group, exec }
+    Layer {
+        kind,
+        group,
+        image,
+        cmd,
+        exec,
+    }
 }
 
 fn named_layers(
@@ -157,7 +157,6 @@ pub(crate) fn read(root: &Value, sink: &mut Sink) -> Option<Topology> {
     topo.finish(sink, "`topology`", TOPOLOGY, &[]);
 
     let mut nodes = Vec::new();
-    let mut linux_kind_spans = Vec::new();
     for (name, own) in &node_layers {
         let group = own
             .group
@@ -194,26 +193,45 @@ pub(crate) fn read(root: &Value, sink: &mut Sink) -> Option<Topology> {
             .iter()
             .find(|(n, _)| n.value == kind.value)
             .map(|(_, l)| l);
-        let node_kind = match kind.value.as_str() {
-            "linux" => {
-                if !linux_kind_spans.contains(&kind.span) {
-                    linux_kind_spans.push(kind.span);
+        let layers = [Some(own), group, by_kind, Some(&defaults)];
+        let node_kind =
+            match kind.value.as_str() {
+                "linux" => {
+                    let image = layers.into_iter().flatten().find_map(|l| l.image.clone());
+                    let cmd = layers.into_iter().flatten().find_map(|l| l.cmd.clone());
+                    match image {
+                        Some(image) => NodeKind::Container {
+                            image: Some(image.value),
+                            cmd: cmd.map(|c| c.value),
+                        },
+                        None => {
+                            sink.warning(
+                            "topology::linux_without_image",
+                            name.span,
+                            format!(
+                                "node `{}` of kind `linux` has no `image`: it runs as a network \
+                                 namespace{}",
+                                name.value,
+                                if cmd.is_some() { ", and its `cmd` is ignored" } else { "" }
+                            ),
+                        );
+                            NodeKind::Netns
+                        }
+                    }
                 }
-                NodeKind::Netns
-            }
-            "bridge" => NodeKind::Bridge,
-            "host" => NodeKind::Host,
-            other => {
-                sink.error(
-                    "topology::unknown_kind",
-                    kind.span,
-                    format!("node kind `{other}` is not supported"),
-                )
-                .help(format!("supported kinds: {KINDS}"));
-                NodeKind::Netns
-            }
-        };
-        let exec = [Some(own), group, by_kind, Some(&defaults)]
+                "bridge" => NodeKind::Bridge,
+                "host" => NodeKind::Host,
+                other => {
+                    sink.error(
+                        "topology::unknown_kind",
+                        kind.span,
+                        format!("node kind `{other}` is not supported"),
+                    )
+                    .help(format!("supported kinds: {KINDS}"));
+                    NodeKind::Netns
+                }
+            };
+        let exec = layers
             .into_iter()
             .flatten()
             .find_map(|l| l.exec.clone())
@@ -226,14 +244,6 @@ pub(crate) fn read(root: &Value, sink: &mut Sink) -> Option<Topology> {
             forwarding: false,
         });
     }
-    for span in linux_kind_spans {
-        sink.warning(
-            "topology::linux_as_netns",
-            span,
-            "nodes of kind `linux` run as network namespaces until containers are supported",
-        );
-    }
-
     let mut links = Vec::new();
     if let Some(list) = link_values {
         for item in value::array(list, "`links`", sink).unwrap_or_default() {

@@ -14,7 +14,8 @@
 //! ipv6 = "fd77::/48"
 //! [nodes.client]
 //! kind = "netns"                     # netns (default) | bridge | host | vm | container
-//! forwarding = false                 # true: IPv4 and IPv6 forwarding (a router)
+//! forwarding = false                 # true: IPv4 and IPv6 forwarding on (a router); false:
+//!                                    # off, also when the host forwards
 //! routes = [{ to = "default", via = "10.77.0.2" }]
 //! exec = ["sysctl -w net.core.somaxconn=4096"]   # run with `sh -c` once wired
 //! [nodes.server]
@@ -22,6 +23,10 @@
 //! kernel = "6.12"                    # from vm-images/kernels.toml (default 6.12)
 //! cpus = 1                           # default 1
 //! memory = 512                       # MiB, default 512
+//! [nodes.web]
+//! kind = "container"                 # a container (see `crate::node::container`)
+//! image = "disgrafs-lab/base"        # from `lab images build`, or any local image
+//! cmd = ["/bin/busybox", "httpd", "-f", "-p", "8080"]  # or one string, split at whitespace
 //! [[links]]
 //! endpoints = ["client:eth0", "server:eth0"]
 //! addresses = ["10.77.0.1/24", ["10.77.0.2/24", "fd77::2/64"]]  # one entry per end that is

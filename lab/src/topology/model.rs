@@ -72,7 +72,7 @@ pub enum NodeKind {
     Bridge,
     /// The host's own (root) network namespace.
     Host,
-    /// A QEMU virtual machine (not supported yet).
+    /// A QEMU virtual machine.
     Vm {
         /// Kernel version from `vm-images/kernels.toml`.
         kernel: Option<String>,
@@ -81,12 +81,12 @@ pub enum NodeKind {
         /// Memory in MiB.
         memory: Option<u32>,
     },
-    /// A container (not supported yet).
+    /// A container started from `image`, its network namespace wired like a netns node's.
     Container {
         /// The image to run.
         image: Option<String>,
-        /// The command to run in it.
-        cmd: Option<String>,
+        /// The command replacing the image's, as program and arguments (`None`: the image's).
+        cmd: Option<Vec<String>>,
     },
 }
 

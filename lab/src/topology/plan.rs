@@ -64,6 +64,9 @@ impl Default for Prefix {
 pub struct PlanOptions {
     /// Start of every kernel name.
     pub prefix: Prefix,
+    /// Run the services of `[deploy]` in containers: each netns node with services becomes a
+    /// container of [`crate::deploy::NODE_IMAGE`], which the services' containers join.
+    pub service_containers: bool,
 }
 
 /// A 16-bit hash of a lab name (FNV-1a, folded).
@@ -136,7 +139,7 @@ pub enum Step {
         prefix: String,
         /// Image reference, e.g. `disgrafs-lab/base`.
         image: String,
-        /// Command replacing the image's, split at whitespace (empty: the image's).
+        /// Command replacing the image's, program and arguments (empty: the image's).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cmd: Vec<String>,
     },
@@ -345,25 +348,37 @@ impl Plan {
                 continue;
             };
             let ns = Netns::Named(name.clone());
+            let serves = topology
+                .deploy
+                .iter()
+                .any(|d| d.node.value == node.name.value && !d.services.is_empty());
             steps.push(match &node.kind.value {
+                NodeKind::Netns if serves && options.service_containers => Step::StartContainer {
+                    ns: name,
+                    node: node.name.value.clone(),
+                    lab: lab.clone(),
+                    prefix: prefix.to_owned(),
+                    image: crate::deploy::NODE_IMAGE.to_owned(),
+                    cmd: Vec::new(),
+                },
                 NodeKind::Container { image, cmd } => Step::StartContainer {
                     ns: name,
                     node: node.name.value.clone(),
                     lab: lab.clone(),
                     prefix: prefix.to_owned(),
                     image: image.clone().unwrap_or_default(),
-                    cmd: cmd
-                        .as_deref()
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect(),
+                    cmd: cmd.clone().unwrap_or_default(),
                 },
                 _ => Step::CreateNamespace {
                     ns: name,
                     node: node.name.value.clone(),
                 },
             });
+            if matches!(steps.last(), Some(Step::StartContainer { .. })) {
+                // The engine turns IPv6 off in a container without an IPv6 network.
+                steps.push(sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "0"));
+                steps.push(sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "0"));
+            }
             steps.push(Step::SetUp {
                 ns: ns.clone(),
                 dev: "lo".to_owned(),
@@ -373,10 +388,16 @@ impl Plan {
             // IPv6 addresses survive `lab link down`/`up`, as IPv4 ones do.
             steps.push(sysctl(&ns, "net.ipv6.conf.all.keep_addr_on_down", "1"));
             steps.push(sysctl(&ns, "net.ipv6.conf.default.keep_addr_on_down", "1"));
-            if node.forwarding && !is_vm(&node.name.value) {
-                steps.push(sysctl(&ns, "net.ipv4.ip_forward", "1"));
-                steps.push(sysctl(&ns, "net.ipv6.conf.all.forwarding", "1"));
-            }
+            // Explicitly, for every node: a new namespace copies the host's IPv4 devconf
+            // (`ip_forward` included), so on a host that forwards every node would. A VM
+            // node's guest forwards by itself; its namespace only bridges.
+            let forwarding = if node.forwarding && !is_vm(&node.name.value) {
+                "1"
+            } else {
+                "0"
+            };
+            steps.push(sysctl(&ns, "net.ipv4.ip_forward", forwarding));
+            steps.push(sysctl(&ns, "net.ipv6.conf.all.forwarding", forwarding));
         }
         let bridges: Vec<&str> = topology
             .nodes

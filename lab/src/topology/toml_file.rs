@@ -142,7 +142,10 @@ fn node(key: &Spanned<String>, value: &Value, sink: &mut Sink) -> Option<Node> {
         },
         "container" => NodeKind::Container {
             image: text(&mut fields, "image", sink),
-            cmd: text(&mut fields, "cmd", sink),
+            cmd: fields
+                .get("cmd")
+                .and_then(|v| value::command(v, "`cmd`", sink))
+                .map(|c| c.value),
         },
         other => {
             sink.error(

@@ -379,6 +379,28 @@ pub(crate) fn strings(value: &Value, what: &str, sink: &mut Sink) -> Vec<Spanned
         .collect()
 }
 
+/// Reads a command: a list of strings (taken as they are) or one string (split at
+/// whitespace).
+pub(crate) fn command(value: &Value, what: &str, sink: &mut Sink) -> Option<Spanned<Vec<String>>> {
+    match &value.kind {
+        Kind::Str(s) | Kind::Plain(s) => Some(Spanned::new(
+            s.split_whitespace().map(str::to_owned).collect(),
+            value.span,
+        )),
+        Kind::Array(_) => Some(Spanned::new(
+            strings(value, what, sink)
+                .into_iter()
+                .map(|s| s.value)
+                .collect(),
+            value.span,
+        )),
+        _ => {
+            type_error(sink, value, what, "a string or an array of strings");
+            None
+        }
+    }
+}
+
 /// Reads a string and parses it with `FromStr`, reporting a parse error with `help`.
 pub(crate) fn parsed<T: FromStr<Err = String>>(
     value: &Value,
