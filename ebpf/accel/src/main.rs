@@ -562,7 +562,7 @@ fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
         stats.sockets
     );
     println!(
-        "{:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>13}",
+        "{:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>6} {:>6} {:>14} {:>13}",
         "cpu",
         "established",
         "removed",
@@ -572,11 +572,14 @@ fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
         "pass_bytes",
         "no_peer",
         "gated",
+        "left",
+        "stayed",
+        "left_bytes",
         "record_failed"
     );
     let row = |cpu: &str, c: &sock_redirect::Totals| {
         println!(
-            "{cpu:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>13}",
+            "{cpu:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>6} {:>6} {:>14} {:>13}",
             c.established,
             c.removed,
             c.redirected_msgs,
@@ -585,6 +588,9 @@ fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
             c.passed_bytes,
             c.no_peer,
             c.gated,
+            c.left,
+            c.stayed,
+            c.left_bytes,
             c.record_failed
         );
     };

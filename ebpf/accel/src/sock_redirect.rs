@@ -122,6 +122,12 @@ pub struct Totals {
     pub no_peer: u64,
     /// Sockets switched to TCP by the small-message gate.
     pub gated: u64,
+    /// Switched sockets that left the sockhash for plain TCP.
+    pub left: u64,
+    /// Switched sockets that stayed in it (their peer had redirected into them).
+    pub stayed: u64,
+    /// Bytes sent through TCP by sockets after they left, counted when they closed.
+    pub left_bytes: u64,
 }
 
 impl From<&Counters> for Totals {
@@ -136,6 +142,9 @@ impl From<&Counters> for Totals {
             passed_bytes: c.passed_bytes,
             no_peer: c.no_peer,
             gated: c.gated,
+            left: c.left,
+            stayed: c.stayed,
+            left_bytes: c.left_bytes,
         }
     }
 }
@@ -151,6 +160,9 @@ impl Totals {
         self.passed_bytes += c.passed_bytes;
         self.no_peer += c.no_peer;
         self.gated += c.gated;
+        self.left += c.left;
+        self.stayed += c.stayed;
+        self.left_bytes += c.left_bytes;
     }
 }
 
