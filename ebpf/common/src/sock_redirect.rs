@@ -27,8 +27,8 @@
 //! Each socket sends either through its peer's receive queue (redirect) or through TCP, and can
 //! change only once, from redirect to TCP, never back. A socket starts redirecting; it switches
 //! to TCP for good when
-//! - its peer is not in [`SOCKETS_MAP`] when it sends (not on this host, not in scope, closed,
-//!   or left the sockhash),
+//! - its peer is not in [`SOCKETS_MAP`] when it sends (not on this host, not in scope, not
+//!   recorded yet, closed, or left the sockhash),
 //! - it had already sent data through TCP before it was recorded (TCP Fast Open), or
 //! - it sends more than [`SMALL_RUN_LIMIT`] messages in a row smaller than its port's
 //!   [`PortConfig::min_size`] without its peer sending anything in between: a stream of small
@@ -59,6 +59,11 @@
 //!   delete from a sockhash. If that insert wins, no redirect into it ever was or will be
 //!   decided, and it deletes itself from [`SOCKETS_MAP`]. If its peer's claim came first, it
 //!   stays ([`MODE_TCP_STAYS`]).
+//!
+//! A socket switched because its peer was missing does not try to leave when the connection
+//! is local ([`SockKey::is_local`]): the peer is then most likely just not recorded yet (a
+//! client's first write can beat the server's `PASSIVE_ESTABLISHED` callback), and staying
+//! keeps the peer's redirects into it possible ([`MODE_TCP_STAYS`] at once).
 //!
 //! A socket that left sends its bytes past the programs: they are counted once, at
 //! `TCP_CLOSE`, from the socket's `bytes_acked` ([`Counters::left_bytes`]).
@@ -128,6 +133,18 @@ impl SockKey {
             local_port: self.remote_port,
             remote_port: self.local_port,
         }
+    }
+}
+
+impl SockKey {
+    /// Whether the connection surely stays inside its network namespace: the remote address
+    /// is a loopback address (`127.0.0.0/8`, `::1`) or the socket's own. Its peer is then on
+    /// this host even when it is not recorded yet.
+    pub fn is_local(&self) -> bool {
+        let [a, b, c, d] = self.remote_ip;
+        let loopback_v4 = self.remote_ip[..3] == v4_mapped(0)[..3] && d.to_ne_bytes()[0] == 127;
+        let loopback_v6 = a == 0 && b == 0 && c == 0 && d == u32::from_ne_bytes([0, 0, 0, 1]);
+        self.remote_ip == self.local_ip || loopback_v4 || loopback_v6
     }
 }
 
@@ -234,5 +251,46 @@ mod tests {
             .unwrap_or_default();
         let words = key.local_ip.map(u32::to_ne_bytes);
         assert_eq!(words.as_flattened(), mapped);
+    }
+
+    fn words(addr: &str) -> [u32; 4] {
+        let octets = addr
+            .parse::<core::net::IpAddr>()
+            .map(|a| match a {
+                core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                core::net::IpAddr::V6(v6) => v6.octets(),
+            })
+            .unwrap_or_default();
+        core::array::from_fn(|i| {
+            u32::from_ne_bytes([
+                octets[4 * i],
+                octets[4 * i + 1],
+                octets[4 * i + 2],
+                octets[4 * i + 3],
+            ])
+        })
+    }
+
+    #[test]
+    fn loopback_and_own_address_connections_are_local() {
+        let key = |local: &str, remote: &str| SockKey {
+            local_ip: words(local),
+            remote_ip: words(remote),
+            ..SockKey::default()
+        };
+        assert!(key("127.0.0.1", "127.0.0.1").is_local());
+        assert!(key("127.0.0.1", "127.3.2.1").is_local());
+        assert!(key("::1", "::1").is_local());
+        assert!(key("10.1.0.2", "10.1.0.2").is_local());
+        assert!(key("fd00::2", "fd00::2").is_local());
+        assert!(!key("10.1.0.2", "10.1.0.3").is_local());
+        assert!(!key("fd00::2", "fd00::3").is_local());
+        // ::127.x (v4-compatible, not v4-mapped) and ::2 are not loopback.
+        assert!(!key("fd00::2", "::7f00:1").is_local());
+        assert!(!key("fd00::2", "::2").is_local());
+        assert_eq!(
+            words("127.0.0.1")[3],
+            v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))[3]
+        );
     }
 }

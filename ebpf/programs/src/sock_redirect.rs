@@ -202,7 +202,7 @@ fn try_leave(ctx: &SockOpsContext, key: &SockKey) {
         return;
     }
     if state.mode == MODE_TCP {
-        if claim(key, CLAIM_LEAVING) && delete_socket(key) {
+        if claim(key, CLAIM_LEAVING) == Some(CLAIM_LEAVING) && delete_socket(key) {
             state.mode = MODE_LEFT;
             // SAFETY: a context field, valid for the program's run.
             state.acked_at_leave = unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) };
@@ -215,18 +215,16 @@ fn try_leave(ctx: &SockOpsContext, key: &SockKey) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
 }
 
-/// Whether `key`'s claim is `value`: inserts it if there is none (the bucket lock lets exactly
-/// one insert win), else reads the one that won. The claim of a live socket never changes,
-/// so the value read is final. A full map makes no claim.
+/// The claim on `key` in force after trying to make it `value`: inserts `value` if there is
+/// none (the bucket lock lets exactly one insert win), else reads the one that won. The claim
+/// of a live socket never changes, so the value read is final. `None`: the map is full.
 #[inline(always)]
-fn claim(key: &SockKey, value: u32) -> bool {
+fn claim(key: &SockKey, value: u32) -> Option<u32> {
     if SR_CLAIMS.insert(key, value, u64::from(BPF_NOEXIST)).is_ok() {
-        return true;
+        return Some(value);
     }
     // SAFETY: a map value, valid for the program's run; u32 is plain data.
-    SR_CLAIMS
-        .get_ptr(key)
-        .is_some_and(|c| unsafe { *c } == value)
+    SR_CLAIMS.get_ptr(key).map(|c| unsafe { *c })
 }
 
 /// Deletes this socket from the sockhash (only sock_ops programs may): the kernel drops its
@@ -326,36 +324,67 @@ fn redirect(ctx: &SkMsgContext, size: u32) -> bool {
         state.small_run = 0;
     }
     if state.peer_claimed == 0 {
-        if !claim_incoming(&peer) {
-            state.mode = MODE_TCP;
-            with_percpu_slot(&SR_COUNTERS, |c| c.no_peer += 1);
-            return false;
+        match claim_incoming(&peer) {
+            Peer::Claimed => state.peer_claimed = 1,
+            Peer::Leaving => {
+                // It never redirects again, so this socket may leave too.
+                no_peer(state, false);
+                return false;
+            }
+            Peer::Missing => {
+                no_peer(state, key.is_local());
+                return false;
+            }
         }
-        state.peer_claimed = 1;
     }
     if SR_SOCKETS.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS))
         != i64::from(sk_action::SK_PASS)
     {
-        state.mode = MODE_TCP;
-        with_percpu_slot(&SR_COUNTERS, |c| c.no_peer += 1);
+        no_peer(state, key.is_local());
         return false;
     }
     true
 }
 
-/// Claims [`CLAIM_INCOMING`] on `peer` before the first redirect into it. A peer that is not
-/// recorded (not in scope, not established yet, or closed) gets no claim: one made while it
-/// closed is deleted again, since its `TCP_CLOSE` may have run before the insert.
+/// Switches a socket whose peer cannot be redirected into to TCP. With `stay` (a local
+/// connection whose peer may just not be recorded yet) it stays in the sockhash, so that the
+/// peer can still redirect into it; else it tries to leave at its next sock_ops callback.
 #[inline(always)]
-fn claim_incoming(peer: &SockKey) -> bool {
-    if !claim(peer, CLAIM_INCOMING) {
-        return false;
+fn no_peer(state: &mut SockState, stay: bool) {
+    state.mode = if stay { MODE_TCP_STAYS } else { MODE_TCP };
+    with_percpu_slot(&SR_COUNTERS, |c| {
+        c.no_peer += 1;
+        if stay {
+            c.stayed += 1;
+        }
+    });
+}
+
+/// What [`claim_incoming`] found.
+enum Peer {
+    /// The peer holds [`CLAIM_INCOMING`]: redirect into it.
+    Claimed,
+    /// The peer left the sockhash ([`CLAIM_LEAVING`]).
+    Leaving,
+    /// The peer is not recorded (not in scope, not established yet, or closed), or the map
+    /// is full.
+    Missing,
+}
+
+/// Claims [`CLAIM_INCOMING`] on `peer` before the first redirect into it. A peer that is not
+/// recorded gets no claim: one made while it closed is deleted again, since its `TCP_CLOSE`
+/// may have run before the insert.
+#[inline(always)]
+fn claim_incoming(peer: &SockKey) -> Peer {
+    match claim(peer, CLAIM_INCOMING) {
+        Some(CLAIM_INCOMING) if SR_STATES.get_ptr(peer).is_some() => Peer::Claimed,
+        Some(CLAIM_INCOMING) => {
+            let _ = SR_CLAIMS.remove(peer);
+            Peer::Missing
+        }
+        Some(CLAIM_LEAVING) => Peer::Leaving,
+        _ => Peer::Missing,
     }
-    if SR_STATES.get_ptr(peer).is_none() {
-        let _ = SR_CLAIMS.remove(peer);
-        return false;
-    }
-    true
 }
 
 #[unsafe(link_section = "license")]
