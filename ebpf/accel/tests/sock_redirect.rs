@@ -544,6 +544,40 @@ fn sockets_whose_peer_is_elsewhere_leave_after_their_first_message() -> anyhow::
     Ok(())
 }
 
+#[test]
+fn a_local_socket_whose_peer_is_not_recorded_stays_for_its_redirects() -> anyhow::Result<()> {
+    let ns = NetNs::new()?;
+    ns.ip("link set lo up")?;
+    let cgroup = TempCgroup::new()?;
+    // The listener is made outside the redirect's cgroup, and the sockets it accepts belong to
+    // its cgroup: the server end is never recorded. The client end, in the cgroup, finds no
+    // peer on a loopback connection, where a peer is usually just not recorded yet: it sends
+    // through TCP but stays in the sockhash, so that the peer could still redirect into it.
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:8080"))??;
+    cgroup.enter()?;
+    let redirect = SockRedirect::attach(cgroup.path(), &Config::new(&[PORT], 1024)?)?;
+    let client = ns.run(|| TcpStream::connect("127.0.0.1:8080"))??;
+    let (server, _) = listener.accept()?;
+    let request = send_and_check(&client, &server, 21, 100_000)?;
+    // The client's ACKs of the answer below would let it leave, were it going to.
+    let answer = send_and_check(&server, &client, 22, 100_000)?;
+    thread::sleep(Duration::from_millis(100));
+    let stats = redirect.stats()?;
+    let total = stats.total();
+    assert_eq!(stats.sockets, 1, "the client stays: {stats:?}");
+    assert_eq!(total.established, 1, "{total:?}");
+    assert_eq!(
+        (total.no_peer, total.stayed, total.left),
+        (1, 1, 0),
+        "{total:?}"
+    );
+    assert_eq!(total.redirected_msgs, 0, "{total:?}");
+    // The client's writes all went through the program (it never left).
+    assert_eq!(total.passed_bytes, request as u64, "{total:?}");
+    assert!(answer > 0);
+    Ok(())
+}
+
 /// Fills `buf` from `sock`, retrying early EAGAIN as [`check_stream`] does.
 fn read_exact(mut sock: &TcpStream, buf: &mut [u8]) -> anyhow::Result<()> {
     let mut filled = 0;
