@@ -216,7 +216,8 @@ fn sock_redirect_redirects_same_node_traffic_while_attached() -> anyhow::Result<
     let run = TestRun::new(
         "seed = 5\nrepetitions = 2\nwarmup = \"200ms\"\nwindow = \"600ms\"\n",
         "[[variants]]\nname = \"off\"\n[[variants]]\nname = \"on\"\n\
-         accelerators = [{ kind = \"sock_redirect\", node = \"b\", ports = [7000, 7001] }]\n\
+         accelerators = [{ kind = \"sock_redirect\", node = \"b\", ports = [7000, 7001] },\n\
+         { kind = \"monitor\", node = \"b\", iface = \"eth0\" }]\n\
          [[workloads]]\nkind = \"tcp_rr\"\nfrom = \"b\"\nto = \"b:7000\"\n\
          [[workloads]]\nkind = \"tcp_stream\"\nfrom = \"a\"\nto = \"b:7001\"\n\
          message = 65536\nstart = \"700ms\"\nduration = \"300ms\"\n",
@@ -236,7 +237,28 @@ fn sock_redirect_redirects_same_node_traffic_while_attached() -> anyhow::Result<
         ensure!(get("redirected_msgs") > 100.0, "{rep:?}");
         ensure!(get("no_peer") >= 1.0 && get("passed_msgs") > 0.0, "{rep:?}");
         ensure!(get("gated") == 0.0, "{rep:?}");
+        // The stream's client found no peer: it left the sockhash for plain TCP.
+        ensure!(get("left") >= 1.0 && get("stayed") == 0.0, "{rep:?}");
+        // The monitor of the same window shows the redirect's hits, CPU by CPU.
+        let per_cpu: f64 = rep
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("monitor.b-eth0.cpu") && name.ends_with("_sockmap_redirects")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        ensure!(per_cpu == get("redirected_msgs"), "{rep:?}");
+        ensure!(
+            rep.get("monitor.b-eth0.sockmap_redirects_per_s")
+                .is_some_and(|v| *v > 0.0),
+            "{rep:?}"
+        );
     }
+    ensure!(
+        off.values("monitor.b-eth0.sockmap_redirects_per_s")
+            .is_empty(),
+        "no monitor, no redirect: no sockmap metric"
+    );
     for variant in [off, on] {
         // The delayed stream ran, after the round trips, with its own CPU time.
         ensure!(

@@ -562,7 +562,7 @@ fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
         stats.sockets
     );
     println!(
-        "{:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>13}",
+        "{:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>6} {:>6} {:>14} {:>13}",
         "cpu",
         "established",
         "removed",
@@ -572,11 +572,14 @@ fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
         "pass_bytes",
         "no_peer",
         "gated",
+        "left",
+        "stayed",
+        "left_bytes",
         "record_failed"
     );
     let row = |cpu: &str, c: &sock_redirect::Totals| {
         println!(
-            "{cpu:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>13}",
+            "{cpu:>5} {:>11} {:>9} {:>13} {:>16} {:>11} {:>14} {:>8} {:>7} {:>6} {:>6} {:>14} {:>13}",
             c.established,
             c.removed,
             c.redirected_msgs,
@@ -585,6 +588,9 @@ fn print_redirect_table(cgroup: &Path, stats: &sock_redirect::Stats) {
             c.passed_bytes,
             c.no_peer,
             c.gated,
+            c.left,
+            c.stayed,
+            c.left_bytes,
             c.record_failed
         );
     };
@@ -768,7 +774,7 @@ fn stats_json(stats: &monitor::Stats) -> serde_json::Value {
 fn print_table(stats: &monitor::Stats) {
     println!("monitor on {}", stats.iface);
     println!(
-        "{:>5} {:>12} {:>14} {:>10} {:>14} {:>8} {:>10} {:>10} {:>10} {:>12}",
+        "{:>5} {:>12} {:>14} {:>10} {:>14} {:>8} {:>10} {:>10} {:>10} {:>12} {:>12}",
         "cpu",
         "rx_packets",
         "rx_bytes",
@@ -778,20 +784,22 @@ fn print_table(stats: &monitor::Stats) {
         "redirects",
         "redir_err",
         "xdp_exc",
-        "cpumap_pkts"
+        "cpumap_pkts",
+        "sockmap_msgs"
     );
     let row = |cpu: &str, c: &monitor::Counters| {
         println!(
-            "{cpu:>5} {:>12} {:>14} {:>10} {:>14} {:>8} {:>10} {:>10} {:>10} {:>12}",
-            c.rx_packets,
-            c.rx_bytes,
-            c.net_rx_softirqs,
-            c.net_rx_softirq_ns,
-            c.tcp_retransmits,
-            c.xdp_redirects,
-            c.xdp_redirect_errors,
-            c.xdp_exceptions,
-            c.cpumap_packets
+            "{cpu:>5} {:>12} {:>14} {:>10} {:>14} {:>8} {:>10} {:>10} {:>10} {:>12} {:>12}",
+            c.kernel.rx_packets,
+            c.kernel.rx_bytes,
+            c.kernel.net_rx_softirqs,
+            c.kernel.net_rx_softirq_ns,
+            c.kernel.tcp_retransmits,
+            c.kernel.xdp_redirects,
+            c.kernel.xdp_redirect_errors,
+            c.kernel.xdp_exceptions,
+            c.kernel.cpumap_packets,
+            c.sockmap_redirects
         );
     };
     for c in &stats.per_cpu {

@@ -28,6 +28,7 @@ use crate::{
         program_error,
     },
     pin::{PinLayout, PinnedDir},
+    sock_redirect::{self, PinnedSockRedirect},
 };
 
 /// The accelerator's name in pin paths and messages.
@@ -42,84 +43,62 @@ const IFACE_COUNTERS_PIN: &str = "iface_counters";
 const COUNTERS_PIN: &str = "counters";
 const CONFIG_PIN: &str = "config";
 
-/// Monitor counters, for one CPU or summed.
+/// Monitor counters, for one CPU or summed: the tracepoint programs' (serialized flat, as
+/// `rx_packets`, …), the opt-in XDP counter's, and the socket redirect's hits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
-    /// Packets handed to the stack on the monitored interface (`netif_receive_skb`).
-    pub rx_packets: u64,
-    /// Their bytes (`skb->len`, network header on).
-    pub rx_bytes: u64,
-    /// NET_RX softirq runs.
-    pub net_rx_softirqs: u64,
-    /// Time spent in them, in ns.
-    pub net_rx_softirq_ns: u64,
-    /// TCP retransmitted segments (every namespace).
-    pub tcp_retransmits: u64,
-    /// Successful XDP redirects (every interface).
-    pub xdp_redirects: u64,
-    /// Failed XDP redirects.
-    pub xdp_redirect_errors: u64,
-    /// XDP aborts and invalid actions.
-    pub xdp_exceptions: u64,
-    /// cpumap kthread batches.
-    pub cpumap_batches: u64,
-    /// Frames processed by cpumap kthreads.
-    pub cpumap_packets: u64,
-    /// Frames dropped by cpumap kthreads.
-    pub cpumap_drops: u64,
+    /// What the tracepoint programs counted.
+    #[serde(flatten)]
+    pub kernel: CpuCounters,
     /// Frames at the interface's XDP hook (0 unless the XDP counter is attached).
     pub xdp_frames: u64,
     /// Their bytes.
     pub xdp_bytes: u64,
-}
-
-/// Applies `op` field by field.
-macro_rules! zip_counters {
-    ($a:expr, $b:expr, $op:ident) => {
-        Counters {
-            rx_packets: $a.rx_packets.$op($b.rx_packets),
-            rx_bytes: $a.rx_bytes.$op($b.rx_bytes),
-            net_rx_softirqs: $a.net_rx_softirqs.$op($b.net_rx_softirqs),
-            net_rx_softirq_ns: $a.net_rx_softirq_ns.$op($b.net_rx_softirq_ns),
-            tcp_retransmits: $a.tcp_retransmits.$op($b.tcp_retransmits),
-            xdp_redirects: $a.xdp_redirects.$op($b.xdp_redirects),
-            xdp_redirect_errors: $a.xdp_redirect_errors.$op($b.xdp_redirect_errors),
-            xdp_exceptions: $a.xdp_exceptions.$op($b.xdp_exceptions),
-            cpumap_batches: $a.cpumap_batches.$op($b.cpumap_batches),
-            cpumap_packets: $a.cpumap_packets.$op($b.cpumap_packets),
-            cpumap_drops: $a.cpumap_drops.$op($b.cpumap_drops),
-            xdp_frames: $a.xdp_frames.$op($b.xdp_frames),
-            xdp_bytes: $a.xdp_bytes.$op($b.xdp_bytes),
-        }
-    };
+    /// Messages a socket redirect (`sock_redirect`) handed to a peer socket's receive queue.
+    /// No tracepoint sees sockmap redirects: these are the per-CPU counters of its sk_msg
+    /// program (the CPU that sent), added with [`Stats::add_sockmap`].
+    pub sockmap_redirects: u64,
+    /// Their bytes.
+    pub sockmap_redirect_bytes: u64,
 }
 
 impl Counters {
     fn new(kernel: &CpuCounters, xdp: &IfaceCounters) -> Self {
         Self {
-            rx_packets: kernel.rx_packets,
-            rx_bytes: kernel.rx_bytes,
-            net_rx_softirqs: kernel.net_rx_softirqs,
-            net_rx_softirq_ns: kernel.net_rx_softirq_ns,
-            tcp_retransmits: kernel.tcp_retransmits,
-            xdp_redirects: kernel.xdp_redirects,
-            xdp_redirect_errors: kernel.xdp_redirect_errors,
-            xdp_exceptions: kernel.xdp_exceptions,
-            cpumap_batches: kernel.cpumap_batches,
-            cpumap_packets: kernel.cpumap_packets,
-            cpumap_drops: kernel.cpumap_drops,
+            kernel: *kernel,
             xdp_frames: xdp.frames,
             xdp_bytes: xdp.bytes,
+            ..Self::default()
         }
     }
 
     /// What was counted since `before` (field by field; a counter never goes back).
     pub fn since(&self, before: &Counters) -> Counters {
-        zip_counters!(self, before, saturating_sub)
+        Counters {
+            kernel: self.kernel.since(&before.kernel),
+            xdp_frames: self.xdp_frames.saturating_sub(before.xdp_frames),
+            xdp_bytes: self.xdp_bytes.saturating_sub(before.xdp_bytes),
+            sockmap_redirects: self
+                .sockmap_redirects
+                .saturating_sub(before.sockmap_redirects),
+            sockmap_redirect_bytes: self
+                .sockmap_redirect_bytes
+                .saturating_sub(before.sockmap_redirect_bytes),
+        }
     }
 
     fn plus(&self, other: &Counters) -> Counters {
-        zip_counters!(self, other, saturating_add)
+        Counters {
+            kernel: self.kernel.plus(&other.kernel),
+            xdp_frames: self.xdp_frames.saturating_add(other.xdp_frames),
+            xdp_bytes: self.xdp_bytes.saturating_add(other.xdp_bytes),
+            sockmap_redirects: self
+                .sockmap_redirects
+                .saturating_add(other.sockmap_redirects),
+            sockmap_redirect_bytes: self
+                .sockmap_redirect_bytes
+                .saturating_add(other.sockmap_redirect_bytes),
+        }
     }
 }
 
@@ -174,51 +153,64 @@ impl Stats {
         }
     }
 
+    /// Adds a socket redirect's per-CPU hits (redirected messages and bytes, counted on the
+    /// sending CPU) to the CPUs' sockmap counters; a CPU this snapshot lacks is skipped.
+    pub fn add_sockmap(&mut self, redirect: &[sock_redirect::CpuStats]) {
+        for hits in redirect {
+            if let Some(c) = self.per_cpu.iter_mut().find(|c| c.cpu == hits.cpu) {
+                c.counters.sockmap_redirects += hits.counters.redirected_msgs;
+                c.counters.sockmap_redirect_bytes += hits.counters.redirected_bytes;
+            }
+        }
+    }
+
     /// The snapshot in Prometheus text exposition format (version 0.0.4): one counter family
     /// per field, labelled by `cpu` and `iface`, in base units (bytes, seconds).
     pub fn prometheus(&self) -> String {
         type Field = fn(&Counters) -> f64;
-        let families: [(&str, &str, Field); 13] = [
+        let families: [(&str, &str, Field); 15] = [
             (
                 "rx_packets",
                 "Packets handed to the stack (netif_receive_skb) on the interface.",
-                |c| c.rx_packets as f64,
+                |c| c.kernel.rx_packets as f64,
             ),
-            ("rx_bytes", "Bytes of those packets.", |c| c.rx_bytes as f64),
+            ("rx_bytes", "Bytes of those packets.", |c| {
+                c.kernel.rx_bytes as f64
+            }),
             ("net_rx_softirqs", "NET_RX softirq runs.", |c| {
-                c.net_rx_softirqs as f64
+                c.kernel.net_rx_softirqs as f64
             }),
             (
                 "net_rx_softirq_seconds",
                 "Time spent in NET_RX softirqs.",
-                |c| c.net_rx_softirq_ns as f64 / 1e9,
+                |c| c.kernel.net_rx_softirq_ns as f64 / 1e9,
             ),
             (
                 "tcp_retransmits",
                 "TCP segments retransmitted (all namespaces).",
-                |c| c.tcp_retransmits as f64,
+                |c| c.kernel.tcp_retransmits as f64,
             ),
             ("xdp_redirects", "Successful XDP redirects.", |c| {
-                c.xdp_redirects as f64
+                c.kernel.xdp_redirects as f64
             }),
             ("xdp_redirect_errors", "Failed XDP redirects.", |c| {
-                c.xdp_redirect_errors as f64
+                c.kernel.xdp_redirect_errors as f64
             }),
             (
                 "xdp_exceptions",
                 "XDP programs that aborted or returned an invalid action.",
-                |c| c.xdp_exceptions as f64,
+                |c| c.kernel.xdp_exceptions as f64,
             ),
             ("cpumap_batches", "Batches run by cpumap kthreads.", |c| {
-                c.cpumap_batches as f64
+                c.kernel.cpumap_batches as f64
             }),
             (
                 "cpumap_packets",
                 "Frames processed by cpumap kthreads.",
-                |c| c.cpumap_packets as f64,
+                |c| c.kernel.cpumap_packets as f64,
             ),
             ("cpumap_drops", "Frames dropped by cpumap kthreads.", |c| {
-                c.cpumap_drops as f64
+                c.kernel.cpumap_drops as f64
             }),
             (
                 "xdp_frames",
@@ -227,6 +219,14 @@ impl Stats {
             ),
             ("xdp_bytes", "Bytes of those frames.", |c| {
                 c.xdp_bytes as f64
+            }),
+            (
+                "sockmap_redirects",
+                "Messages socket redirects handed to a peer socket (sk_msg counters).",
+                |c| c.sockmap_redirects as f64,
+            ),
+            ("sockmap_redirect_bytes", "Bytes of those messages.", |c| {
+                c.sockmap_redirect_bytes as f64
             }),
         ];
         let iface = escape_label(&self.iface);
@@ -544,8 +544,22 @@ impl PinnedMonitor {
             .collect()
     }
 
-    /// Reads the counters from the pinned maps.
+    /// Reads the counters from the pinned maps, with the sockmap hits of every socket redirect
+    /// pinned under the same prefix.
     pub fn stats(&self) -> Result<Stats> {
+        let mut stats = self.own_stats()?;
+        for redirect in PinnedSockRedirect::all(self.pins.layout())? {
+            match redirect.per_cpu() {
+                Ok(hits) => stats.add_sockmap(&hits),
+                // Detached since it was listed.
+                Err(_) if !redirect.dir().exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(stats)
+    }
+
+    fn own_stats(&self) -> Result<Stats> {
         let counters = pinned_array(&self.pins.join(COUNTERS_PIN))?;
         let iface_path = self.pins.join(IFACE_COUNTERS_PIN);
         if iface_path.exists() {

@@ -96,7 +96,7 @@ fn view(delta: &Stats, elapsed: Duration) -> String {
         }
     };
     let mut out = format!(
-        "monitor on {} — per second over {:.2} s\n{:>5} {:>12} {:>10} {:>7} {:>10} {:>7} {:>9} {:>10} {:>10}\n",
+        "monitor on {} — per second over {:.2} s\n{:>5} {:>12} {:>10} {:>7} {:>10} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
         delta.iface,
         secs,
         "cpu",
@@ -107,22 +107,24 @@ fn view(delta: &Stats, elapsed: Duration) -> String {
         "rx_t_%",
         "retrans/s",
         "redir/s",
-        "cpumap/s"
+        "cpumap/s",
+        "sockmap/s"
     );
     let mut cpus = delta.per_cpu.clone();
     cpus.sort_by_key(|c| c.cpu);
     let mut row = |cpu: &str, c: &accel::monitor::Counters| {
         out.push_str(&format!(
-            "{cpu:>5} {:>12.0} {:>10.2} {:>7.1} {:>10.1} {:>7.1} {:>9.0} {:>10.0} {:>10.0}\n",
-            c.rx_packets as f64 / secs,
-            c.rx_bytes as f64 / secs / 1e6,
-            share(c.rx_packets, total.rx_packets),
+            "{cpu:>5} {:>12.0} {:>10.2} {:>7.1} {:>10.1} {:>7.1} {:>9.0} {:>10.0} {:>10.0} {:>10.0}\n",
+            c.kernel.rx_packets as f64 / secs,
+            c.kernel.rx_bytes as f64 / secs / 1e6,
+            share(c.kernel.rx_packets, total.kernel.rx_packets),
             // Share of this second spent in NET_RX softirqs.
-            100.0 * c.net_rx_softirq_ns as f64 / 1e9 / secs,
-            share(c.net_rx_softirq_ns, total.net_rx_softirq_ns),
-            c.tcp_retransmits as f64 / secs,
-            c.xdp_redirects as f64 / secs,
-            c.cpumap_packets as f64 / secs,
+            100.0 * c.kernel.net_rx_softirq_ns as f64 / 1e9 / secs,
+            share(c.kernel.net_rx_softirq_ns, total.kernel.net_rx_softirq_ns),
+            c.kernel.tcp_retransmits as f64 / secs,
+            c.kernel.xdp_redirects as f64 / secs,
+            c.kernel.cpumap_packets as f64 / secs,
+            c.sockmap_redirects as f64 / secs,
         ));
     };
     for c in &cpus {

@@ -137,6 +137,11 @@ impl PinnedDir {
         &self.dir
     }
 
+    /// The pin tree it belongs to.
+    pub(crate) fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
     /// The pin called `file`.
     pub(crate) fn join(&self, file: &str) -> PathBuf {
         self.dir.join(file)

@@ -122,6 +122,12 @@ pub struct Totals {
     pub no_peer: u64,
     /// Sockets switched to TCP by the small-message gate.
     pub gated: u64,
+    /// Switched sockets that left the sockhash for plain TCP.
+    pub left: u64,
+    /// Switched sockets that stayed in it (their peer had redirected into them).
+    pub stayed: u64,
+    /// Bytes sent through TCP by sockets after they left, counted when they closed.
+    pub left_bytes: u64,
 }
 
 impl From<&Counters> for Totals {
@@ -136,21 +142,41 @@ impl From<&Counters> for Totals {
             passed_bytes: c.passed_bytes,
             no_peer: c.no_peer,
             gated: c.gated,
+            left: c.left,
+            stayed: c.stayed,
+            left_bytes: c.left_bytes,
         }
     }
 }
 
+/// `Totals { field: $a.field.$op($b.field), .. }` over every field.
+macro_rules! zip_totals {
+    ($a:expr, $b:expr, $op:ident) => {
+        Totals {
+            established: $a.established.$op($b.established),
+            record_failed: $a.record_failed.$op($b.record_failed),
+            removed: $a.removed.$op($b.removed),
+            redirected_msgs: $a.redirected_msgs.$op($b.redirected_msgs),
+            redirected_bytes: $a.redirected_bytes.$op($b.redirected_bytes),
+            passed_msgs: $a.passed_msgs.$op($b.passed_msgs),
+            passed_bytes: $a.passed_bytes.$op($b.passed_bytes),
+            no_peer: $a.no_peer.$op($b.no_peer),
+            gated: $a.gated.$op($b.gated),
+            left: $a.left.$op($b.left),
+            stayed: $a.stayed.$op($b.stayed),
+            left_bytes: $a.left_bytes.$op($b.left_bytes),
+        }
+    };
+}
+
 impl Totals {
-    fn add(&mut self, c: &Self) {
-        self.established += c.established;
-        self.record_failed += c.record_failed;
-        self.removed += c.removed;
-        self.redirected_msgs += c.redirected_msgs;
-        self.redirected_bytes += c.redirected_bytes;
-        self.passed_msgs += c.passed_msgs;
-        self.passed_bytes += c.passed_bytes;
-        self.no_peer += c.no_peer;
-        self.gated += c.gated;
+    fn plus(&self, c: &Self) -> Self {
+        zip_totals!(self, c, saturating_add)
+    }
+
+    /// What was counted since `before`, field by field (a counter never goes back).
+    pub fn since(&self, before: &Self) -> Self {
+        zip_totals!(self, before, saturating_sub)
     }
 }
 
@@ -178,10 +204,28 @@ pub struct Stats {
 impl Stats {
     /// The counters summed over all CPUs.
     pub fn total(&self) -> Totals {
-        self.per_cpu.iter().fold(Totals::default(), |mut sum, c| {
-            sum.add(&c.counters);
-            sum
-        })
+        self.per_cpu
+            .iter()
+            .fold(Totals::default(), |sum, c| sum.plus(&c.counters))
+    }
+
+    /// Per-CPU counts since the earlier snapshot `before` (a CPU missing there counts from 0).
+    pub fn per_cpu_since(&self, before: &Stats) -> Vec<CpuStats> {
+        self.per_cpu
+            .iter()
+            .map(|now| {
+                let was = before
+                    .per_cpu
+                    .iter()
+                    .find(|c| c.cpu == now.cpu)
+                    .map(|c| c.counters)
+                    .unwrap_or_default();
+                CpuStats {
+                    cpu: now.cpu,
+                    counters: now.counters.since(&was),
+                }
+            })
+            .collect()
     }
 }
 
@@ -335,9 +379,31 @@ impl PinnedSockRedirect {
         })
     }
 
+    /// Every redirect pinned under `layout`, in any scope (none: an empty list).
+    pub fn all(layout: &PinLayout) -> Result<Vec<Self>> {
+        let mut found = Vec::new();
+        let top = layout.root().join(ACCELERATOR);
+        for scope in subdirs(&top)? {
+            for dir in subdirs(&scope)? {
+                // A directory being pinned or removed right now has no counters yet or any more.
+                if dir.join(COUNTERS_PIN).exists() {
+                    found.push(Self {
+                        pins: layout.open_attachment(ACCELERATOR, dir, COUNTERS_PIN)?,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Where its pins are.
     pub fn dir(&self) -> &Path {
         self.pins.path()
+    }
+
+    /// Its per-CPU counters alone (without counting the map entries as [`Self::stats`] does).
+    pub fn per_cpu(&self) -> Result<Vec<CpuStats>> {
+        per_cpu(&pinned_array(&self.pins.join(COUNTERS_PIN))?)
     }
 
     /// The kernel's ids of the attached programs (sock_ops, sk_msg), read through the pins.
@@ -384,6 +450,37 @@ fn attachment_dir(layout: &PinLayout, scope: &str, cgroup: &Path) -> Result<Path
     Ok(layout.attachment_dir(ACCELERATOR, scope, &format!("cg{}", meta.ino())))
 }
 
+/// The directories in `dir` (none if it does not exist), sorted.
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir)(e)),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(Error::io(dir))?.path();
+        if path.is_dir() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn per_cpu<C: Borrow<MapData>>(counters: &PerCpuArray<C, Counters>) -> Result<Vec<CpuStats>> {
+    Ok(counters
+        .get(&0, 0)
+        .map_err(map_error(COUNTERS_MAP))?
+        .iter()
+        .enumerate()
+        .map(|(cpu, c)| CpuStats {
+            cpu: cpu as u32,
+            counters: Totals::from(c),
+        })
+        .collect())
+}
+
 fn stats<C, S, T>(
     counters: &PerCpuArray<C, Counters>,
     sockets: &SockHash<S, SockKey>,
@@ -394,18 +491,8 @@ where
     S: Borrow<MapData>,
     T: Borrow<MapData>,
 {
-    let per_cpu = counters
-        .get(&0, 0)
-        .map_err(map_error(COUNTERS_MAP))?
-        .iter()
-        .enumerate()
-        .map(|(cpu, c)| CpuStats {
-            cpu: cpu as u32,
-            counters: Totals::from(c),
-        })
-        .collect();
     Ok(Stats {
-        per_cpu,
+        per_cpu: per_cpu(counters)?,
         sockets: count(sockets.keys(), SOCKETS_MAP)?,
         states: count(states.keys(), STATES_MAP)?,
     })

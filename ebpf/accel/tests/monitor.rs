@@ -181,24 +181,24 @@ fn packets_are_counted_on_the_cpu_that_received_them_and_only_on_the_interface()
         })??;
         wait_for(
             || Ok(monitor.stats()?.since(&before).total()),
-            |c| c.rx_packets >= FRAMES as u64,
+            |c| c.kernel.rx_packets >= FRAMES as u64,
         )?;
         thread::sleep(Duration::from_millis(200));
         let delta = monitor.stats()?.since(&before);
         let on_cpu = delta.per_cpu[cpu].counters;
         assert_eq!(
-            delta.total().rx_packets,
+            delta.total().kernel.rx_packets,
             FRAMES as u64,
             "round {round}: only the frames received on {a}: {delta:?}"
         );
         assert_eq!(
-            on_cpu.rx_packets, FRAMES as u64,
+            on_cpu.kernel.rx_packets, FRAMES as u64,
             "round {round}: all on CPU {cpu}: {delta:?}"
         );
         // skb->len at netif_receive_skb: the Ethernet header is pulled already.
-        assert_eq!(on_cpu.rx_bytes, (FRAMES * (FRAME_LEN - 14)) as u64);
+        assert_eq!(on_cpu.kernel.rx_bytes, (FRAMES * (FRAME_LEN - 14)) as u64);
         assert!(
-            on_cpu.net_rx_softirqs >= 1 && on_cpu.net_rx_softirq_ns > 0,
+            on_cpu.kernel.net_rx_softirqs >= 1 && on_cpu.kernel.net_rx_softirq_ns > 0,
             "round {round}: the backlog ran in a NET_RX softirq on CPU {cpu}: {on_cpu:?}"
         );
     }
@@ -264,7 +264,7 @@ fn tcp_retransmits_rise_when_segments_are_lost() -> anyhow::Result<()> {
     tcp_transfer(&server, &client, 2 << 20)?;
     let clean = monitor.stats()?.since(&before).total();
     assert!(
-        clean.rx_packets > 30,
+        clean.kernel.rx_packets > 30,
         "the transfer's segments reached s0: {clean:?}"
     );
 
@@ -297,13 +297,13 @@ fn tcp_retransmits_rise_when_segments_are_lost() -> anyhow::Result<()> {
     tcp_transfer(&server, &client, 2 << 20)?;
     let lossy = monitor.stats()?.since(&before).total();
     assert!(
-        lossy.tcp_retransmits >= 5,
+        lossy.kernel.tcp_retransmits >= 5,
         "retransmits under 10 % loss: {lossy:?}"
     );
     // Without loss, the clean run retransmitted (next to) nothing, while other tests may run
     // TCP at the same time: the lossy run must stand out.
     assert!(
-        lossy.tcp_retransmits > clean.tcp_retransmits,
+        lossy.kernel.tcp_retransmits > clean.kernel.tcp_retransmits,
         "clean {clean:?} vs lossy {lossy:?}"
     );
     Ok(())
@@ -323,7 +323,7 @@ fn the_opt_in_xdp_counter_counts_frames_and_detaches() -> anyhow::Result<()> {
         testkit::send_frames(&b, &frame, FRAMES)?;
         let after = wait_for(
             || Ok(monitor.stats()?.total()),
-            |c| c.xdp_frames >= FRAMES as u64 && c.rx_packets >= FRAMES as u64,
+            |c| c.xdp_frames >= FRAMES as u64 && c.kernel.rx_packets >= FRAMES as u64,
         )?;
         // Anything else crossing the veth would show up within this grace period.
         thread::sleep(Duration::from_millis(200));
@@ -342,7 +342,7 @@ fn the_opt_in_xdp_counter_counts_frames_and_detaches() -> anyhow::Result<()> {
 
     assert_eq!(counters.xdp_frames, FRAMES as u64);
     assert_eq!(counters.xdp_bytes, (FRAMES * FRAME_LEN) as u64);
-    assert_eq!(counters.rx_packets, FRAMES as u64);
+    assert_eq!(counters.kernel.rx_packets, FRAMES as u64);
     let prog_id = prog_id.context("kernel showed no XDP program on the veth while attached")?;
     assert!(
         ours.contains(&u32::try_from(prog_id)?),
@@ -408,7 +408,7 @@ fn cli_attach_stats_detach_through_pins() -> anyhow::Result<()> {
     assert!(pinned.scoped()?);
     wait_for(
         || Ok(pinned.stats()?.total()),
-        |c| c.rx_packets >= FRAMES as u64,
+        |c| c.kernel.rx_packets >= FRAMES as u64,
     )?;
 
     let json: serde_json::Value =
@@ -657,7 +657,7 @@ fn cpumap_redirects_and_kthread_work_are_counted_on_the_target_cpu() -> anyhow::
         testkit::send_frames(&b, &frame, FRAMES)?;
         wait_for(
             || Ok(monitor.stats()?.since(&before).total()),
-            |c| c.rx_packets >= FRAMES as u64,
+            |c| c.kernel.rx_packets >= FRAMES as u64,
         )?;
         thread::sleep(Duration::from_millis(200));
         Ok(monitor.stats()?.since(&before))
@@ -665,12 +665,12 @@ fn cpumap_redirects_and_kthread_work_are_counted_on_the_target_cpu() -> anyhow::
     // The XDP and cpumap tracepoints count in every namespace (other tests may redirect at
     // the same time): at least our frames. The packet count is scoped to our interface: exact.
     let total = delta.total();
-    assert!(total.xdp_redirects >= FRAMES as u64, "{delta:?}");
+    assert!(total.kernel.xdp_redirects >= FRAMES as u64, "{delta:?}");
     let on_1 = delta.per_cpu[1].counters;
-    assert!(on_1.cpumap_packets >= FRAMES as u64, "{delta:?}");
-    assert!(on_1.cpumap_batches >= 1, "{delta:?}");
+    assert!(on_1.kernel.cpumap_packets >= FRAMES as u64, "{delta:?}");
+    assert!(on_1.kernel.cpumap_batches >= 1, "{delta:?}");
     assert_eq!(
-        on_1.rx_packets, FRAMES as u64,
+        on_1.kernel.rx_packets, FRAMES as u64,
         "received on CPU 1: {delta:?}"
     );
     Ok(())
@@ -692,12 +692,109 @@ fn the_raw_tp_fallback_counts_unscoped_and_detaches() -> anyhow::Result<()> {
     ns.run(|| testkit::send_frames(&b, &frame, FRAMES))??;
     let delta = wait_for(
         || Ok(monitor.stats()?.since(&before).total()),
-        |c| c.rx_packets >= FRAMES as u64,
+        |c| c.kernel.rx_packets >= FRAMES as u64,
     )?;
-    assert!(delta.rx_packets >= FRAMES as u64, "{delta:?}");
-    assert_eq!(delta.rx_bytes, 0, "no skb->len offset without BTF");
-    assert!(delta.net_rx_softirqs >= 1, "{delta:?}");
+    assert!(delta.kernel.rx_packets >= FRAMES as u64, "{delta:?}");
+    assert_eq!(delta.kernel.rx_bytes, 0, "no skb->len offset without BTF");
+    assert!(delta.kernel.net_rx_softirqs >= 1, "{delta:?}");
     drop(monitor);
     wait_released(&ours)?;
+    Ok(())
+}
+
+#[test]
+fn sockmap_redirect_hits_are_counted_on_the_sending_cpu() -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+
+    use accel::sock_redirect::{Config, SockRedirect};
+
+    const ROUND_TRIPS: u64 = 300;
+    let cpus = usable_cpus();
+    let (client_cpu, server_cpu) = (cpus[0], *cpus.last().context("no usable CPU")?);
+    let ns = NetNs::new()?;
+    ns.ip("link set lo up")?;
+    let cgroup = testkit::TempCgroup::new()?;
+    cgroup.enter()?;
+    let prefix = testkit::PinPrefix::new();
+    let layout = PinLayout::new(BPFFS, prefix.name());
+    let monitor = ns.run(|| Monitor::attach_pinned("lo", None, &layout, ns.name()))??;
+    let redirect =
+        SockRedirect::attach_pinned(cgroup.path(), &Config::new(&[8080], 0)?, &layout, "host")?;
+    let before = monitor.stats()?;
+    // 1 KiB echoes: the client sends on one CPU, the server answers on the other.
+    ns.run(|| -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:8080")?;
+        thread::scope(|s| -> anyhow::Result<()> {
+            let server = s.spawn(|| -> anyhow::Result<()> {
+                pin_to_cpu(server_cpu)?;
+                let (mut sock, _) = listener.accept()?;
+                let mut buf = [0u8; 1024];
+                for _ in 0..ROUND_TRIPS {
+                    sock.read_exact(&mut buf)?;
+                    sock.write_all(&buf)?;
+                }
+                Ok(())
+            });
+            pin_to_cpu(client_cpu)?;
+            let mut sock = TcpStream::connect("127.0.0.1:8080")?;
+            let mut buf = [7u8; 1024];
+            for _ in 0..ROUND_TRIPS {
+                sock.write_all(&buf)?;
+                sock.read_exact(&mut buf)?;
+            }
+            server
+                .join()
+                .map_err(|_| anyhow::anyhow!("server panicked"))?
+        })
+    })??;
+    let hits = redirect.per_cpu()?;
+    let delta = monitor.stats()?.since(&before);
+    for (c, h) in delta.per_cpu.iter().zip(&hits) {
+        assert_eq!(
+            c.counters.sockmap_redirects, h.counters.redirected_msgs,
+            "CPU {}: the monitor shows the redirect's own counters",
+            c.cpu
+        );
+        assert_eq!(
+            c.counters.sockmap_redirect_bytes,
+            h.counters.redirected_bytes
+        );
+    }
+    let on = |cpu: usize| delta.per_cpu[cpu].counters.sockmap_redirects;
+    if client_cpu == server_cpu {
+        assert_eq!(on(client_cpu), 2 * ROUND_TRIPS, "{delta:?}");
+    } else {
+        assert_eq!(on(client_cpu), ROUND_TRIPS, "client's sends: {delta:?}");
+        assert_eq!(on(server_cpu), ROUND_TRIPS, "server's answers: {delta:?}");
+    }
+    assert_eq!(
+        delta.total().sockmap_redirect_bytes,
+        2 * ROUND_TRIPS * 1024,
+        "{delta:?}"
+    );
+
+    let now = monitor.stats()?.prometheus();
+    let scrape = prometheus_parse::Scrape::parse(now.lines().map(|l| Ok(l.to_owned())))?;
+    let counted: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "accel_monitor_sockmap_redirects_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => f64::NAN,
+        })
+        .sum();
+    assert_eq!(counted, (2 * ROUND_TRIPS) as f64, "{now}");
+
+    redirect.detach()?;
+    let without = monitor.stats()?;
+    assert_eq!(
+        without.total().sockmap_redirects,
+        0,
+        "no redirect pinned any more"
+    );
+    monitor.detach()?;
+    assert!(!layout.root().exists(), "pins left");
     Ok(())
 }

@@ -271,36 +271,369 @@ fn ipv6_and_dual_stack_listeners_match_both_ends() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Polls `stats` until `done` holds for them (the sock_ops callbacks that move sockets run
+/// asynchronously, on acknowledgements and closes).
+fn wait_for(
+    stats: impl Fn() -> accel::Result<Stats>,
+    done: impl Fn(&Stats) -> bool,
+) -> anyhow::Result<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = stats()?;
+        if done(&s) {
+            return Ok(s);
+        }
+        ensure!(Instant::now() < deadline, "timed out at {s:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `sizes` of stream `data` to `sock`; returns the bytes written.
+fn write_pieces(
+    mut sock: &TcpStream,
+    data: &mut Stream,
+    sizes: impl IntoIterator<Item = usize>,
+) -> io::Result<usize> {
+    let mut sent = 0;
+    for size in sizes {
+        let mut buf = vec![0u8; size];
+        data.fill(&mut buf);
+        sock.write_all(&buf)?;
+        sent += size;
+    }
+    Ok(sent)
+}
+
 #[test]
-fn gate_moves_small_write_streams_to_tcp_without_reordering() -> anyhow::Result<()> {
+fn gated_sender_leaves_the_sockhash_without_losing_or_reordering() -> anyhow::Result<()> {
     let (ns, cgroup) = lab()?;
     let redirect = SockRedirect::attach(cgroup.path(), &Config::new(&[PORT], 1024)?)?;
-    ns.run(|| -> anyhow::Result<()> {
+    let after_leave = ns.run(|| -> anyhow::Result<usize> {
         let listener = TcpListener::bind("127.0.0.1:8080")?;
         let client = TcpStream::connect("127.0.0.1:8080")?;
         let (server, _) = listener.accept()?;
-        // Large writes (redirected), then a long run of small ones (TCP after the gate
-        // trips), all before the reader reads a byte: redirected bytes wait in the server's
-        // queue while TCP bytes arrive behind them.
+        // Large writes (redirected), then a long run of small ones (TCP once the gate trips;
+        // plain TCP once the client left the sockhash), all before the reader reads a byte:
+        // redirected bytes wait in the server's queue while TCP bytes arrive behind them.
         let mut data = Stream::new(7);
-        let mut sent = 0;
-        for size in [65_536, 4096, 2048].into_iter().chain([100; 2000]) {
-            let mut buf = vec![0u8; size];
-            data.fill(&mut buf);
-            (&client).write_all(&buf)?;
-            sent += size;
-        }
+        let mut sent = write_pieces(
+            &client,
+            &mut data,
+            [65_536, 4096, 2048].into_iter().chain([100; 2000]),
+        )?;
+        let stats = wait_for(|| redirect.stats(), |s| s.total().left == 1)?;
+        // The client is out of the sockhash, the server (redirected into) is still in it.
+        ensure!(stats.sockets == 1, "{stats:?}");
+        let passed_before = stats.total().passed_msgs;
+        let after_leave = write_pieces(&client, &mut data, [100; 2000])?;
+        sent += after_leave;
+        let passed_after = redirect.stats()?.total().passed_msgs;
+        ensure!(
+            passed_after == passed_before,
+            "the sk_msg program still saw {} messages",
+            passed_after - passed_before
+        );
         client.shutdown(Shutdown::Write)?;
         thread::sleep(Duration::from_millis(100));
         let got = check_stream(&server, 7)?;
         ensure!(got == sent, "{got} of {sent} bytes");
-        Ok(())
+        Ok(after_leave)
     })??;
-    let total = redirect.stats()?.total();
+    let stats = wait_empty(|| redirect.stats())?;
+    let total = stats.total();
+    assert_eq!((stats.sockets, stats.states), (0, 0), "{total:?}");
     assert_eq!(total.gated, 1, "{total:?}");
+    assert_eq!((total.left, total.stayed), (1, 0), "{total:?}");
     assert_eq!(total.redirected_msgs, 3 + 8, "3 large + 8 small: {total:?}");
-    assert_eq!(total.passed_bytes, 100 * (2000 - 8), "{total:?}");
+    // TCP bytes: those the program passed, and those sent after leaving (counted at close
+    // from the acknowledged bytes: at least every byte written after the leave was seen).
+    assert!(
+        total.left_bytes >= after_leave as u64,
+        "{after_leave} bytes written after leaving: {total:?}"
+    );
+    assert!(
+        total.passed_bytes + total.left_bytes >= 100 * (4000 - 8),
+        "{total:?}"
+    );
     Ok(())
+}
+
+/// Sends stream `seed` as `pieces` writes of 1 to 8192 bytes, sleeping up to 0.5 ms before
+/// each (the time a peer's gate takes to trip and its socket to leave, on this machine).
+fn send_sparse(sock: &TcpStream, seed: u64, pieces: usize) -> io::Result<usize> {
+    let mut rng = Rng::new(seed ^ 0xabc);
+    let mut data = Stream::new(seed);
+    let mut sent = 0;
+    for _ in 0..pieces {
+        thread::sleep(Duration::from_micros(rng.next() % 500));
+        let n = 1 + (rng.next() % 8192) as usize;
+        sent += write_pieces(sock, &mut data, [n])?;
+    }
+    Ok(sent)
+}
+
+/// Sends stream `seed` as `pieces` writes of 1 to 512 bytes without pause, after waiting up
+/// to 0.5 ms.
+fn send_small(sock: &TcpStream, seed: u64, pieces: usize) -> io::Result<usize> {
+    let mut rng = Rng::new(seed ^ 0xdef);
+    thread::sleep(Duration::from_micros(rng.next() % 500));
+    let mut data = Stream::new(seed);
+    write_pieces(
+        sock,
+        &mut data,
+        (0..pieces).map(|_| 1 + (rng.next() % 512) as usize),
+    )
+}
+
+#[test]
+fn leaving_races_with_the_peer_and_loses_no_byte() -> anyhow::Result<()> {
+    const CONNS: u64 = 48;
+    let (ns, cgroup) = lab()?;
+    let redirect = SockRedirect::attach(cgroup.path(), &Config::new(&[PORT], 1024)?)?;
+    // Each client streams small writes (the gate trips, then it tries to leave) while its
+    // server sends sparse messages at random moments: the server's claim to redirect into the
+    // client and the client's claim to leave race. A third of the servers first send (and
+    // their client reads) one message before the client starts, so that client must stay;
+    // another third wait 20 ms before sending, so their clients (almost surely) leave.
+    ns.run(|| -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:8080")?;
+        thread::scope(|s| -> anyhow::Result<()> {
+            let server = s.spawn(|| -> anyhow::Result<()> {
+                thread::scope(|s| {
+                    let mut ends = Vec::new();
+                    for _ in 0..CONNS {
+                        let (sock, _) = listener.accept()?;
+                        ends.push(s.spawn(move || -> anyhow::Result<()> {
+                            let mut index = [0u8; 8];
+                            (&sock).read_exact(&mut index)?;
+                            let i = u64::from_be_bytes(index);
+                            race_end(&sock, 2 * i + 2, 2 * i + 1, Order::of(i), false)
+                        }));
+                    }
+                    ends.into_iter().try_for_each(|h| join(h.join()))
+                })
+            });
+            let clients: Vec<_> = (0..CONNS)
+                .map(|i| {
+                    s.spawn(move || -> anyhow::Result<()> {
+                        let sock = TcpStream::connect("127.0.0.1:8080")?;
+                        (&sock).write_all(&i.to_be_bytes())?;
+                        race_end(&sock, 2 * i + 1, 2 * i + 2, Order::of(i), true)
+                    })
+                })
+                .collect();
+            clients.into_iter().try_for_each(|h| join(h.join()))?;
+            join(server.join())
+        })
+    })??;
+    let stats = wait_empty(|| redirect.stats())?;
+    let total = stats.total();
+    assert_eq!((stats.sockets, stats.states), (0, 0), "{total:?}");
+    eprintln!(
+        "{CONNS} clients: {} left, {} stayed; servers sent to TCP: {}",
+        total.left, total.stayed, total.no_peer
+    );
+    assert_eq!(total.gated, CONNS, "every client's small writes: {total:?}");
+    // Clients that got a message first stay; those whose server waited leave.
+    assert!(total.stayed >= CONNS / 3, "{total:?}");
+    assert!(total.left >= 1, "{total:?}");
+    Ok(())
+}
+
+/// Who sends first on a connection of [`leaving_races_with_the_peer_and_loses_no_byte`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// The server sends one byte, which the client reads before it starts.
+    ServerFirst,
+    /// The server waits 20 ms before sending.
+    ClientFirst,
+    /// Both start at once.
+    Race,
+}
+
+impl Order {
+    fn of(connection: u64) -> Self {
+        match connection % 3 {
+            0 => Self::ServerFirst,
+            1 => Self::ClientFirst,
+            _ => Self::Race,
+        }
+    }
+}
+
+/// One end of [`leaving_races_with_the_peer_and_loses_no_byte`]: the client streams small
+/// writes, the server sends sparse messages, in `order`. Both check what they receive.
+fn race_end(
+    sock: &TcpStream,
+    out: u64,
+    inp: u64,
+    order: Order,
+    client: bool,
+) -> anyhow::Result<()> {
+    match (order, client) {
+        (Order::ServerFirst, true) => {
+            let mut first = [0u8; 1];
+            read_exact(sock, &mut first)?;
+            ensure!(first == [0x42], "first message {first:?}");
+        }
+        (Order::ServerFirst, false) => (&*sock).write_all(&[0x42])?,
+        (Order::ClientFirst, false) => thread::sleep(Duration::from_millis(20)),
+        _ => {}
+    }
+    thread::scope(|s| {
+        let writer = s.spawn(|| -> io::Result<usize> {
+            let sent = if client {
+                send_small(sock, out, 3000)?
+            } else {
+                send_sparse(sock, out, 20)?
+            };
+            sock.shutdown(Shutdown::Write)?;
+            Ok(sent)
+        });
+        let got = check_stream(sock, inp)?;
+        let sent = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        ensure!(
+            sent > 0 && got > 0,
+            "stream {out:#x}: sent {sent}, got {got}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn sockets_whose_peer_is_elsewhere_leave_after_their_first_message() -> anyhow::Result<()> {
+    let (server_ns, cgroup) = lab()?;
+    let client_ns = NetNs::new()?;
+    let (s_if, c_if) = (
+        format!("{}s", server_ns.name()),
+        format!("{}c", client_ns.name()),
+    );
+    server_ns.ip(&format!(
+        "link add {s_if} type veth peer name {c_if} netns {}",
+        client_ns.name()
+    ))?;
+    server_ns.ip(&format!("addr add 10.77.0.2/24 dev {s_if}"))?;
+    server_ns.ip(&format!("link set {s_if} up"))?;
+    client_ns.ip(&format!("addr add 10.77.0.1/24 dev {c_if}"))?;
+    client_ns.ip(&format!("link set {c_if} up"))?;
+    let redirect = SockRedirect::attach(cgroup.path(), &Config::new(&[PORT], 1024)?)?;
+    // Both ends are recorded, in different namespaces: neither finds its peer, so each one
+    // switches to TCP on its first message and then leaves the sockhash, while the
+    // connection carries on.
+    let listener = server_ns.run(|| TcpListener::bind("10.77.0.2:8080"))??;
+    let client = client_ns.run(|| TcpStream::connect("10.77.0.2:8080"))??;
+    let (server, _) = listener.accept()?;
+    let request = send_and_check(&client, &server, 11, 200_000)?;
+    let stats = wait_for(|| redirect.stats(), |s| s.total().left == 1)?;
+    ensure!(stats.sockets == 1, "the client left: {stats:?}");
+    let answer = send_and_check(&server, &client, 12, 300_000)?;
+    let stats = wait_for(|| redirect.stats(), |s| s.total().left == 2)?;
+    let total = stats.total();
+    assert_eq!(stats.sockets, 0, "both left while open: {stats:?}");
+    assert_eq!(total.established, 2, "{total:?}");
+    assert_eq!(total.no_peer, 2, "{total:?}");
+    assert_eq!(total.redirected_msgs, 0, "{total:?}");
+    drop((client, server));
+    let total = wait_empty(|| redirect.stats())?.total();
+    assert!(
+        total.left_bytes + total.passed_bytes >= (request + answer) as u64,
+        "{total:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_local_socket_whose_peer_is_not_recorded_stays_for_its_redirects() -> anyhow::Result<()> {
+    let ns = NetNs::new()?;
+    ns.ip("link set lo up")?;
+    let cgroup = TempCgroup::new()?;
+    // The listener is made outside the redirect's cgroup, and the sockets it accepts belong to
+    // its cgroup: the server end is never recorded. The client end, in the cgroup, finds no
+    // peer on a loopback connection, where a peer is usually just not recorded yet: it sends
+    // through TCP but stays in the sockhash, so that the peer could still redirect into it.
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:8080"))??;
+    cgroup.enter()?;
+    let redirect = SockRedirect::attach(cgroup.path(), &Config::new(&[PORT], 1024)?)?;
+    let client = ns.run(|| TcpStream::connect("127.0.0.1:8080"))??;
+    let (server, _) = listener.accept()?;
+    let request = send_and_check(&client, &server, 21, 100_000)?;
+    // The client's ACKs of the answer below would let it leave, were it going to.
+    let answer = send_and_check(&server, &client, 22, 100_000)?;
+    thread::sleep(Duration::from_millis(100));
+    let stats = redirect.stats()?;
+    let total = stats.total();
+    assert_eq!(stats.sockets, 1, "the client stays: {stats:?}");
+    assert_eq!(total.established, 1, "{total:?}");
+    assert_eq!(
+        (total.no_peer, total.stayed, total.left),
+        (1, 1, 0),
+        "{total:?}"
+    );
+    assert_eq!(total.redirected_msgs, 0, "{total:?}");
+    // The client's writes all went through the program (it never left).
+    assert_eq!(total.passed_bytes, request as u64, "{total:?}");
+    assert!(answer > 0);
+    Ok(())
+}
+
+/// Fills `buf` from `sock`, retrying early EAGAIN as [`check_stream`] does.
+fn read_exact(mut sock: &TcpStream, buf: &mut [u8]) -> anyhow::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match sock.read(&mut buf[filled..]) {
+            Ok(0) => bail!("EOF after {filled} of {} bytes", buf.len()),
+            Ok(n) => filled += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
+            Err(e) => return Err(e).context(format!("read after {filled} bytes")),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `bytes` of stream `seed` from `from` (in random-size writes, without closing) and
+/// checks them as `to` reads them; returns the bytes.
+fn send_and_check(
+    from: &TcpStream,
+    to: &TcpStream,
+    seed: u64,
+    bytes: usize,
+) -> anyhow::Result<usize> {
+    thread::scope(|s| {
+        let writer = s.spawn(|| -> io::Result<()> {
+            let mut sizes = Rng::new(seed);
+            let mut data = Stream::new(seed);
+            let mut sent = 0;
+            while sent < bytes {
+                let n = sizes.size().min(bytes - sent);
+                sent += write_pieces(from, &mut data, [n])?;
+            }
+            Ok(())
+        });
+        let mut expected = Stream::new(seed);
+        let mut buf = vec![0u8; 65_536];
+        let mut want = vec![0u8; 65_536];
+        let mut got = 0;
+        while got < bytes {
+            let n = (bytes - got).min(65_536);
+            read_exact(to, &mut buf[..n])?;
+            expected.fill(&mut want[..n]);
+            ensure!(
+                buf[..n] == want[..n],
+                "stream {seed:#x}: bytes {got}.. differ"
+            );
+            got += n;
+        }
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(bytes)
+    })
 }
 
 #[test]

@@ -127,6 +127,7 @@ pub struct IfaceCounters {
 /// What the tracepoint programs saw on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct CpuCounters {
     /// Packets handed to the stack (`netif_receive_skb`) on the scoped interface, or on every
     /// interface when unscoped.
@@ -152,6 +153,40 @@ pub struct CpuCounters {
     pub cpumap_packets: u64,
     /// Frames they dropped.
     pub cpumap_drops: u64,
+}
+
+/// `Self { field: $a.field.$op($b.field), .. }` over every [`CpuCounters`] field.
+macro_rules! zip_cpu_counters {
+    ($a:expr, $b:expr, $op:ident) => {
+        CpuCounters {
+            rx_packets: $a.rx_packets.$op($b.rx_packets),
+            rx_bytes: $a.rx_bytes.$op($b.rx_bytes),
+            net_rx_softirqs: $a.net_rx_softirqs.$op($b.net_rx_softirqs),
+            net_rx_softirq_ns: $a.net_rx_softirq_ns.$op($b.net_rx_softirq_ns),
+            tcp_retransmits: $a.tcp_retransmits.$op($b.tcp_retransmits),
+            xdp_redirects: $a.xdp_redirects.$op($b.xdp_redirects),
+            xdp_redirect_errors: $a.xdp_redirect_errors.$op($b.xdp_redirect_errors),
+            xdp_exceptions: $a.xdp_exceptions.$op($b.xdp_exceptions),
+            cpumap_batches: $a.cpumap_batches.$op($b.cpumap_batches),
+            cpumap_packets: $a.cpumap_packets.$op($b.cpumap_packets),
+            cpumap_drops: $a.cpumap_drops.$op($b.cpumap_drops),
+        }
+    };
+}
+
+impl CpuCounters {
+    /// The field-by-field sum (over CPUs, say), saturating.
+    #[must_use]
+    pub const fn plus(&self, other: &Self) -> Self {
+        zip_cpu_counters!(self, other, saturating_add)
+    }
+
+    /// What was counted since the snapshot `before`, field by field (a counter never goes
+    /// back; one that seems to is 0).
+    #[must_use]
+    pub const fn since(&self, before: &Self) -> Self {
+        zip_cpu_counters!(self, before, saturating_sub)
+    }
 }
 
 /// Scope and kernel structure offsets, one slot written by user space.
@@ -207,3 +242,37 @@ unsafe impl aya::Pod for CpuCounters {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_and_subtract_field_by_field() {
+        let a = CpuCounters {
+            rx_packets: 5,
+            net_rx_softirq_ns: 100,
+            cpumap_drops: 1,
+            ..CpuCounters::default()
+        };
+        let b = CpuCounters {
+            rx_packets: 2,
+            net_rx_softirq_ns: 300,
+            tcp_retransmits: 7,
+            ..CpuCounters::default()
+        };
+        let sum = a.plus(&b);
+        assert_eq!(
+            (
+                sum.rx_packets,
+                sum.net_rx_softirq_ns,
+                sum.tcp_retransmits,
+                sum.cpumap_drops
+            ),
+            (7, 400, 7, 1)
+        );
+        assert_eq!(sum.since(&b), a);
+        // A counter that went back (a CPU's slot replaced) counts as 0, not as a wrap.
+        assert_eq!(a.since(&b).net_rx_softirq_ns, 0);
+    }
+}

@@ -51,7 +51,8 @@ impl Redirect {
 
 /// Adds what the redirect counted over the window, named `LABEL.name`: messages and bytes
 /// redirected and passed to TCP, sockets recorded, sockets the gate or a missing peer sent
-/// back to TCP, and the share of bytes redirected.
+/// back to TCP, switched sockets that left the sockhash or stayed, and the share of bytes
+/// redirected (of those redirected, passed, and sent by sockets that left and closed).
 pub(super) fn metrics(
     label: &str,
     before: &Stats,
@@ -67,8 +68,11 @@ pub(super) fn metrics(
     put("passed_msgs", was.passed_msgs, now.passed_msgs);
     put("gated", was.gated, now.gated);
     put("no_peer", was.no_peer, now.no_peer);
+    put("left", was.left, now.left);
+    put("stayed", was.stayed, now.stayed);
     let redirected = now.redirected_bytes.saturating_sub(was.redirected_bytes);
-    let passed = now.passed_bytes.saturating_sub(was.passed_bytes);
+    let passed = now.passed_bytes.saturating_sub(was.passed_bytes)
+        + now.left_bytes.saturating_sub(was.left_bytes);
     if redirected + passed > 0 {
         metrics.insert(
             format!("{label}.redirected_share"),

@@ -275,16 +275,40 @@ impl<'a> Lab<'a> {
         }
         let (mut cpu_packets, mut cpu_softirq) = (Vec::new(), Vec::new());
         let mut first_monitor = true;
-        for (attached, before) in attached.iter().zip(&counters_before) {
+        let counters_after: Vec<Counters> = attached
+            .iter()
+            .map(Attached::counters)
+            .collect::<Result<_, _>>()?;
+        // The monitor's sockmap counters: the hits of the window's socket redirects.
+        let sockmap_hits: Option<Vec<accel::sock_redirect::CpuStats>> = counters_before
+            .iter()
+            .zip(&counters_after)
+            .filter_map(|pair| match pair {
+                (Counters::SockRedirect(before), Counters::SockRedirect(after)) => {
+                    Some(after.per_cpu_since(before))
+                }
+                _ => None,
+            })
+            .reduce(|mut all, hits| {
+                all.extend(hits);
+                all
+            });
+        for ((attached, before), after) in attached.iter().zip(&counters_before).zip(counters_after)
+        {
             let label = &attached.label;
-            match (before, attached.counters()?) {
+            match (before, after) {
                 (Counters::Monitor(before), Counters::Monitor(after)) => {
                     let xdp =
                         matches!(&attached.handle, Handle::Monitor(m) if m.xdp_mode().is_some());
+                    let mut delta = after.since(before);
+                    if let Some(hits) = &sockmap_hits {
+                        delta.add_sockmap(hits);
+                    }
                     let shares = self.monitor_metrics(
                         label,
-                        &after.since(before),
+                        &delta,
                         xdp,
+                        sockmap_hits.is_some(),
                         elapsed,
                         &mut metrics,
                     );
@@ -494,14 +518,15 @@ impl<'a> Lab<'a> {
     }
 
     /// The monitor's counts over the window (`delta`): per CPU (the CPUs `/proc/stat`
-    /// lists), totals and rates (XDP frames with `xdp`), the Jain index of packets over CPUs.
-    /// Returns each CPU's share
-    /// of the packets and the share of the window it spent in NET_RX softirqs.
+    /// lists), totals and rates (XDP frames with `xdp`, socket redirect hits with `sockmap`),
+    /// the Jain index of packets over CPUs. Returns each CPU's share of the packets and the
+    /// share of the window it spent in NET_RX softirqs.
     fn monitor_metrics(
         &self,
         label: &str,
         delta: &Stats,
         xdp: bool,
+        sockmap: bool,
         elapsed: Duration,
         metrics: &mut BTreeMap<String, f64>,
     ) -> (Vec<f64>, Vec<f64>) {
@@ -510,33 +535,57 @@ impl<'a> Lab<'a> {
             per_cpu: delta.per_cpu.iter().take(self.cpus).copied().collect(),
         };
         let (cpus, total) = (&listed.per_cpu, listed.total());
-        let packets: Vec<f64> = cpus.iter().map(|c| c.counters.rx_packets as f64).collect();
+        let packets: Vec<f64> = cpus
+            .iter()
+            .map(|c| c.counters.kernel.rx_packets as f64)
+            .collect();
         let softirq: Vec<f64> = cpus
             .iter()
-            .map(|c| c.counters.net_rx_softirq_ns as f64 / 1e9 / elapsed.as_secs_f64())
+            .map(|c| c.counters.kernel.net_rx_softirq_ns as f64 / 1e9 / elapsed.as_secs_f64())
             .collect();
         for (cpu, (p, s)) in cpus.iter().zip(packets.iter().zip(&softirq)) {
             metrics.insert(format!("{label}.cpu{}_rx_packets", cpu.cpu), *p);
             metrics.insert(format!("{label}.cpu{}_net_rx_share", cpu.cpu), *s);
         }
         let rate = |n: u64| per_second(n as f64, elapsed);
-        metrics.insert(format!("{label}.rx_packets_per_s"), rate(total.rx_packets));
-        metrics.insert(format!("{label}.rx_bytes_per_s"), rate(total.rx_bytes));
+        metrics.insert(
+            format!("{label}.rx_packets_per_s"),
+            rate(total.kernel.rx_packets),
+        );
+        metrics.insert(
+            format!("{label}.rx_bytes_per_s"),
+            rate(total.kernel.rx_bytes),
+        );
         metrics.insert(
             format!("{label}.net_rx_softirq_s"),
-            total.net_rx_softirq_ns as f64 / 1e9,
+            total.kernel.net_rx_softirq_ns as f64 / 1e9,
         );
         metrics.insert(
             format!("{label}.tcp_retransmits"),
-            total.tcp_retransmits as f64,
+            total.kernel.tcp_retransmits as f64,
         );
-        metrics.insert(format!("{label}.xdp_redirects"), total.xdp_redirects as f64);
+        metrics.insert(
+            format!("{label}.xdp_redirects"),
+            total.kernel.xdp_redirects as f64,
+        );
         metrics.insert(
             format!("{label}.cpumap_packets"),
-            total.cpumap_packets as f64,
+            total.kernel.cpumap_packets as f64,
         );
         if xdp {
             metrics.insert(format!("{label}.xdp_frames_per_s"), rate(total.xdp_frames));
+        }
+        if sockmap {
+            for cpu in cpus {
+                metrics.insert(
+                    format!("{label}.cpu{}_sockmap_redirects", cpu.cpu),
+                    cpu.counters.sockmap_redirects as f64,
+                );
+            }
+            metrics.insert(
+                format!("{label}.sockmap_redirects_per_s"),
+                rate(total.sockmap_redirects),
+            );
         }
         if let Some(j) = jain(&packets) {
             metrics.insert(format!("{label}.rx_jain"), j);
