@@ -1,7 +1,7 @@
 //! CPU balancer at XDP: redirects the flows arriving on one interface through a cpumap to a
 //! weighted set of CPUs. Each flow (symmetric 5-tuple key, so both directions are one flow)
-//! gets a CPU from a slot table when it starts and keeps it while it is busy (map layout and
-//! the rule that keeps every flow on one CPU: `ebpf_common::cpu_balance`).
+//! gets a CPU from a slot table when it starts and keeps it (map layout and the rule that keeps
+//! every flow on one CPU: `ebpf_common::cpu_balance`).
 //!
 //! # Weights and assignment
 //! [`Weights`] (`{cpu: weight}`, text form `0=1,1=3`) fill the [`SLOTS`]-entry slot table by
@@ -10,10 +10,11 @@
 //! ([`Assign::Rotation`], the default: any run of new flows on a receiving CPU is split by
 //! weight, so 64 flows over two equal CPUs are 32 and 32) or by their hash ([`Assign::Hash`]:
 //! stateless — a flow gets the same CPU wherever it is seen and after the flow table forgot
-//! it —, but 64 flows over two CPUs are only binomially even). In hash mode a change keeps
-//! every slot whose CPU still has room and rewrites only the others, so it moves as few idle
-//! flows as the new weights allow. Busy flows stay where they are in any case until they idle
-//! for [`Options::flow_idle`] (100 ms by default).
+//! it —, but 64 flows over two CPUs are only binomially even). A flow keeps its CPU while that
+//! CPU is in the set; hashed flows take their hash slot again after [`Options::flow_idle`]
+//! (100 ms by default) without a frame, and in hash mode a weight change keeps every slot
+//! whose CPU still has room and rewrites only the others, so it moves as few idle flows as the
+//! new weights allow.
 //!
 //! # Draining
 //! A CPU taken out of the set drains first: it gets no new flows, and its busy flows stay until

@@ -309,8 +309,10 @@ fn a_cpu_leaving_the_set_keeps_busy_flows_until_they_idle() -> anyhow::Result<()
             started.elapsed() >= Duration::from_secs(2),
             "drained before the flows were idle for 2 s"
         );
-        // Idle now: flow 1000 moves to CPU 1 with its next frame.
+        // Idle now: flow 1000 moves to CPU 1 with its next frame; flow 1001, idle too, keeps
+        // CPU 1, which is still in the set.
         ensure!(send(&balance, 1000, 5)? == [0, 5]);
+        ensure!(send(&balance, 1001, 5)? == [0, 5]);
         let t = balance.stats()?.total();
         ensure!(t.moved_flows == 1 && t.moved_busy_flows == 0, "{t:?}");
 

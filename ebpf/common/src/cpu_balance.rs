@@ -22,12 +22,14 @@
 //! - [`COUNTERS_MAP`]: per-CPU array, one [`Counters`] slot, on the receiving CPU.
 //!
 //! # Never splitting a flow
-//! A flow keeps the CPU recorded in [`FLOWS_MAP`] while its frames keep coming (in either
-//! direction: the key is symmetric): it is assigned again only after it was idle for
-//! [`Config::flow_idle_ns`] (nothing of it can be left in the old CPU's queue then), or when
-//! its CPU left the set (weight 0). Slot table changes therefore move new and idle flows only.
-//! A CPU being removed first drains ([`DRAINING`]): it gets no new flows and keeps its busy
-//! ones; user space takes it out of the set once nothing was sent to it for the idle time.
+//! A flow keeps the CPU recorded in [`FLOWS_MAP`] (both directions alike: the key is symmetric)
+//! while that CPU is in the set: with [`ASSIGN_ROTATION`] for as long as the table remembers the
+//! flow, with [`ASSIGN_HASH`] until it has been idle for [`Config::flow_idle_ns`] (then its
+//! hash slot decides again). Otherwise a flow moves only when its CPU has left the set: a CPU
+//! being removed first drains ([`DRAINING`]) — no new flows, busy flows stay — and user space
+//! takes it out once nothing was sent to it for the idle time, so the flows that move then
+//! are idle and nothing of them can be left in the old CPU's queue. Slot table changes
+//! therefore move new (and, hashed, idle) flows only.
 
 /// The balancing XDP program, attached to the receiving interface.
 pub const PROGRAM: &str = "cpu_balance";

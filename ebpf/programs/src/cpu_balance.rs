@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ebpf_common::cpu_balance::{
-    ASSIGN_ROTATION, Config, Counters, FAMILY_V4, FAMILY_V6, FLOW_IDLE_NS, FlowKey, FlowState,
-    MAX_CPUS, MAX_FLOWS, NO_CPU, SLOTS,
+    ASSIGN_ROTATION, Config, Counters, DRAINING, FAMILY_V4, FAMILY_V6, FLOW_IDLE_NS, FlowKey,
+    FlowState, MAX_CPUS, MAX_FLOWS, NO_CPU, SLOTS,
 };
 use ebpf_programs::{
     parse::{
@@ -104,8 +104,10 @@ pub fn cpu_balance_landed(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The flow's CPU: the recorded one while the flow is busy and its CPU is in the set (or
-/// draining), else a newly assigned one (recorded for the next frames).
+/// The flow's CPU: the recorded one while that CPU is in the set — also once the flow went
+/// idle, in rotation (its turn was taken; moving it would only unbalance the rotation) —, or
+/// while the flow is busy and its CPU drains; else a newly assigned one (recorded for the next
+/// frames). In hash mode an idle flow takes the slot of its hash again.
 #[inline(always)]
 fn choose_cpu(key: &FlowKey) -> u32 {
     // SAFETY: a helper without arguments.
@@ -121,7 +123,12 @@ fn choose_cpu(key: &FlowKey) -> u32 {
         let state = unsafe { &mut *state };
         let busy = now.wrapping_sub(state.last_ns) < config.flow_idle_ns;
         state.last_ns = now;
-        if busy && in_set(state.cpu) {
+        let stays = match CB_WEIGHTS.get(state.cpu).copied().unwrap_or(0) {
+            0 => false,
+            DRAINING => busy,
+            _ => busy || config.assign == ASSIGN_ROTATION,
+        };
+        if stays {
             return state.cpu;
         }
         let cpu = assign(key, &config);
@@ -172,12 +179,6 @@ fn assign(key: &FlowKey, config: &Config) -> u32 {
         key.slot()
     };
     CB_SLOTS.get(slot).copied().unwrap_or(NO_CPU)
-}
-
-/// Whether `cpu` is in the set or draining out of it.
-#[inline(always)]
-fn in_set(cpu: u32) -> bool {
-    CB_WEIGHTS.get(cpu).is_some_and(|w| *w != 0)
 }
 
 /// The frame's flow key, or why it has none.
