@@ -16,7 +16,8 @@ use crate::{Error, Result};
 pub enum Offload {
     /// Transmit checksum offload (`tx`).
     TxChecksum,
-    /// TCP segmentation offload, all kinds (`tso`).
+    /// TCP segmentation offload (`tso`): the kernel's legacy switch, TCP over IPv4 and IPv6
+    /// (Linux 6.18 also lists an AccECN segmentation it leaves alone).
     Tso,
     /// Generic segmentation offload (`gso`).
     Gso,
