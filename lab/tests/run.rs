@@ -422,7 +422,9 @@ fn rps_and_cpu_balance_variants_spread_a_hot_cpu() -> anyhow::Result<()> {
         "[[variants]]\nname = \"rps\"\n\
          accelerators = [{ kind = \"rps\", node = \"b\", iface = \"eth0\", cpus = [0, 1] }]\n\
          [[variants]]\nname = \"balanced\"\n\
-         accelerators = [{ kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", cpus = [0, 1] }]\n\
+         accelerators = [{ kind = \"cpu_balance\", node = \"b\", iface = \"eth0\", cpus = [0, 1] },\
+         { kind = \"offloads\", node = \"a\", iface = \"eth0\", tx = false, tso = false, gso = false },\
+         { kind = \"offloads\", node = \"b\", iface = \"eth0\", gro = true }]\n\
          [[workloads]]\nkind = \"tcp_stream\"\nfrom = \"a\"\nto = \"b:7001\"\nconnections = 16\n\
          message = 65536\nfrom_cpus = [0]\nto_cpus = [0]\n",
     )?;

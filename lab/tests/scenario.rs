@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use accel::ethtool::Offload;
 use lab::scenario::{
     self, AcceleratorKind, EventAction, MonitorMode, Service, WorkloadKind, parse,
 };
@@ -338,7 +339,7 @@ fn unknown_kinds_name_the_known_ones() {
     assert_eq!(
         helps,
         [
-            "known kinds: monitor, sock_redirect, cpu_balance, rps, afxdp, http_filter",
+            "known kinds: monitor, sock_redirect, cpu_balance, rps, offloads, afxdp, http_filter",
             "known kinds: tcp_rr, tcp_stream, udp_echo, http_upload, http_download, http_search"
         ]
     );
@@ -511,16 +512,46 @@ fn shipped_cpu_balance_scenario() {
             AcceleratorKind::Monitor { iface, .. } if iface.value == "eth0"
         ));
     }
+    // Every variant gets wire-sized frames with real checksums from the client, and the
+    // router's receiving veth polls with GRO, like a NIC.
+    for variant in &s.variants {
+        let offloads: Vec<(&str, &[(Offload, bool)])> = variant
+            .accelerators
+            .iter()
+            .filter_map(|a| match &a.kind {
+                AcceleratorKind::Offloads { settings, .. } => {
+                    Some((a.node.value.as_str(), settings.as_slice()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            offloads,
+            [
+                (
+                    "client",
+                    &[
+                        (Offload::TxChecksum, false),
+                        (Offload::Tso, false),
+                        (Offload::Gso, false)
+                    ][..]
+                ),
+                ("router", &[(Offload::Gro, true)][..]),
+            ],
+            "{}",
+            variant.name.value
+        );
+    }
     assert!(matches!(
-        &s.variants[1].accelerators[1].kind,
+        &s.variants[1].accelerators[3].kind,
         AcceleratorKind::Rps { iface, cpus } if iface.value == "eth0" && cpus == &[0, 1]
     ));
     assert!(matches!(
-        &s.variants[2].accelerators[1].kind,
+        &s.variants[2].accelerators[3].kind,
         AcceleratorKind::CpuBalance { iface, weights }
             if iface.value == "eth0" && weights == &[(0, 1), (1, 1)]
     ));
-    assert_eq!(s.variants[2].accelerators[1].node.value, "router");
+    assert_eq!(s.variants[2].accelerators[3].node.value, "router");
     assert!(matches!(
         s.workloads[0].kind,
         WorkloadKind::TcpStream { connections, .. } if connections >= 64
@@ -576,6 +607,40 @@ fn cpu_balance_and_rps_mistakes() {
             "s.toml:11:467 topology::unknown_field: unknown field `queue` in RPS",
         ]
     );
+}
+
+#[test]
+fn offloads_are_read_and_checked() {
+    let text = with(
+        "[[variants]]\nname = \"w\"\naccelerators = [\
+         { kind = \"offloads\", node = \"a\", iface = \"eth0\", gso = false, gro = true }]\n\
+         [[variants]]\nname = \"bad\"\naccelerators = [\
+         { kind = \"offloads\", node = \"a\", iface = \"eth0\" },\
+         { kind = \"offloads\", node = \"a\", iface = \"eth0\", tso = \"off\" },\
+         { kind = \"offloads\", node = \"a\", iface = \"eth0\", lro = false }]\n",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(
+        errors[0].contains("offloads needs `tx`, `tso`, `gso` or `gro`"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].contains("`tso`"), "{errors:#?}");
+    assert!(errors[2].contains("offloads needs"), "{errors:#?}");
+    assert!(
+        errors[3].contains("unknown field `lro` in offloads"),
+        "{errors:#?}"
+    );
+    let good = with(
+        "[[variants]]\nname = \"w\"\naccelerators = [\
+         { kind = \"offloads\", node = \"a\", iface = \"eth0\", gso = false, gro = true }]\n",
+    );
+    let s = parse("s.toml", &good, Path::new(".")).unwrap().scenario;
+    assert!(matches!(
+        &s.variants[1].accelerators[0].kind,
+        AcceleratorKind::Offloads { iface, settings }
+            if iface.value == "eth0" && settings == &[(Offload::Gso, false), (Offload::Gro, true)]
+    ));
 }
 
 #[test]

@@ -1,13 +1,26 @@
 //! CPU balancer at XDP: redirects the flows arriving on one interface through a cpumap to a
-//! weighted set of CPUs, by a symmetric 5-tuple hash and a slot table (map layout and the rule
-//! that keeps every flow on one CPU: `ebpf_common::cpu_balance`).
+//! weighted set of CPUs. Each flow (symmetric 5-tuple key, so both directions are one flow)
+//! gets a CPU from a slot table when it starts and keeps it (map layout and the rule that keeps
+//! every flow on one CPU: `ebpf_common::cpu_balance`).
 //!
-//! # Weights
+//! # Weights and assignment
 //! [`Weights`] (`{cpu: weight}`, text form `0=1,1=3`) fill the [`SLOTS`]-entry slot table by
-//! the largest-remainder method, so a CPU receives `weight / Σweights` of the flows to within
-//! 1/[`SLOTS`]. A change keeps every slot whose CPU still has room and rewrites only the
-//! others, so it moves as few flows as the new weights allow; busy flows stay where they are
-//! in any case until they idle for `FLOW_IDLE_NS` (100 ms), unless their CPU left the set.
+//! the largest-remainder method, interleaved by smooth weighted round robin, so a CPU receives
+//! `weight / Σweights` of the slots to within 1/[`SLOTS`]. New flows take the slots in turn
+//! ([`Assign::Rotation`], the default: any run of new flows on a receiving CPU is split by
+//! weight, so 64 flows over two equal CPUs are 32 and 32) or by their hash ([`Assign::Hash`]:
+//! stateless — a flow gets the same CPU wherever it is seen and after the flow table forgot
+//! it —, but 64 flows over two CPUs are only binomially even). A flow keeps its CPU while that
+//! CPU is in the set; hashed flows take their hash slot again after [`Options::flow_idle`]
+//! (100 ms by default) without a frame, and in hash mode a weight change keeps every slot
+//! whose CPU still has room and rewrites only the others, so it moves as few idle flows as the
+//! new weights allow.
+//!
+//! # Draining
+//! A CPU taken out of the set drains first: it gets no new flows, and its busy flows stay until
+//! they idle. [`CpuBalance::drain`] waits until nothing was sent to it for the idle time, then
+//! takes it out (cpumap entry removed); after a timeout it takes it out anyway, moving the
+//! flows still busy (counted as `moved_busy_flows`).
 //!
 //! # Checksums on veth
 //! A frame redirected through a cpumap loses its skb: the cpumap builds a new one, marked as
@@ -15,17 +28,18 @@
 //! (`CHECKSUM_PARTIAL`, the default on veth) hands over segments whose checksum field holds only
 //! the pseudo-header sum, and the receiver drops them as corrupt. Turn transmit checksum
 //! offload off on the sending side — the veth peer, in its own namespace — with
-//! [`set_tx_checksum`] (the `SIOCETHTOOL` ioctl, `ETHTOOL_STXCSUM`), or
-//! `accel --netns NS cpu-balance tx-checksum --iface PEER --set off`.
+//! [`set_tx_checksum`] (the `SIOCETHTOOL` ioctl, `ETHTOOL_STXCSUM`).
 
 use std::{
     borrow::Borrow,
     collections::BTreeMap,
     fmt, io,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
     str::FromStr,
+    thread,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -39,13 +53,15 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use ebpf_common::cpu_balance::{
-    COUNTERS_MAP, CPUS_MAP, Counters, FAMILY_V4, FAMILY_V6, FlowKey, LANDED_MAP, LANDED_PROGRAM,
-    NO_CPU, PROGRAM, SLOTS, SLOTS_MAP, TARGET_HITS_MAP, WEIGHTS_MAP,
+    ASSIGN_HASH, ASSIGN_ROTATION, CONFIG_MAP, COUNTERS_MAP, CPUS_MAP, Config, Counters, DRAINING,
+    FAMILY_V4, FAMILY_V6, FLOW_IDLE_NS, FlowKey, LANDED_MAP, LANDED_PROGRAM, NO_CPU, PROGRAM,
+    SLOTS, SLOTS_MAP, TARGET_HITS_MAP, WEIGHTS_MAP,
 };
 use serde::Serialize;
 
 use crate::{
     AttachMode, Error, Result,
+    ethtool::{self, Offload},
     object::{self, map_error, pin_error, pin_link, pinned_link_program, program_error},
     pin::{PinLayout, PinnedDir},
 };
@@ -72,6 +88,69 @@ const WEIGHTS_PIN: &str = "weights";
 const TARGET_HITS_PIN: &str = "target_hits";
 const LANDED_PIN: &str = "landed";
 const COUNTERS_PIN: &str = "counters";
+const CONFIG_PIN: &str = "config";
+
+/// How new flows get their CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Assign {
+    /// The slots in turn, per receiving CPU: even spreading of any run of flows.
+    #[default]
+    Rotation,
+    /// The slot of the flow's hash: the same CPU for a flow wherever it is seen.
+    Hash,
+}
+
+/// Balancer settings besides the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// How new flows get their CPU.
+    pub assign: Assign,
+    /// How long a flow must be idle before it may move to another CPU.
+    pub flow_idle: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            assign: Assign::Rotation,
+            flow_idle: Duration::from_nanos(FLOW_IDLE_NS),
+        }
+    }
+}
+
+impl Options {
+    fn config(&self) -> Result<Config> {
+        let flow_idle_ns = u64::try_from(self.flow_idle.as_nanos())
+            .ok()
+            .filter(|ns| *ns > 0)
+            .ok_or_else(|| {
+                config(format!(
+                    "flow idle time {:?} is out of range",
+                    self.flow_idle
+                ))
+            })?;
+        Ok(Config {
+            flow_idle_ns,
+            assign: match self.assign {
+                Assign::Rotation => ASSIGN_ROTATION,
+                Assign::Hash => ASSIGN_HASH,
+            },
+            pad: 0,
+        })
+    }
+
+    fn from_config(c: &Config) -> Self {
+        Self {
+            assign: if c.assign == ASSIGN_HASH {
+                Assign::Hash
+            } else {
+                Assign::Rotation
+            },
+            flow_idle: Duration::from_nanos(c.flow_idle_ns),
+        }
+    }
+}
 
 /// Relative weights of the CPUs in the set; CPUs not named (or weighted 0) get no flows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -145,8 +224,10 @@ impl Weights {
         quotas
     }
 
-    /// The slot table for these weights, starting from `current`: slots whose CPU still has
-    /// quota left keep it, the others go to the CPU with the most quota left.
+    /// The slot table for these weights, starting from `current` (empty: a fresh table):
+    /// slots whose CPU still has quota left keep it; the others are filled in smooth weighted
+    /// round-robin order of the quotas left, so that a fresh table is interleaved by weight
+    /// (`0=1,1=3`: 1 1 0 1, 1 1 0 1, …).
     pub fn slot_table(&self, current: &[u32]) -> Vec<u32> {
         let mut left = self.quotas();
         let mut table: Vec<u32> = (0..SLOTS as usize)
@@ -161,14 +242,19 @@ impl Weights {
                 }
             })
             .collect();
+        let total: i64 = left.values().map(|n| i64::from(*n)).sum();
+        let mut credit: BTreeMap<u32, i64> = left.keys().map(|cpu| (*cpu, 0)).collect();
         for slot in table.iter_mut().filter(|s| **s == NO_CPU) {
-            let Some((&cpu, n)) = left
+            for (cpu, c) in &mut credit {
+                *c += i64::from(left[cpu]);
+            }
+            let Some((&cpu, c)) = credit
                 .iter_mut()
                 .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
             else {
                 break;
             };
-            *n -= 1;
+            *c -= total;
             *slot = cpu;
         }
         table
@@ -257,6 +343,8 @@ pub struct Totals {
     pub new_flows: u64,
     /// Idle flows that moved to another CPU.
     pub moved_flows: u64,
+    /// Busy flows moved because their CPU left the set without draining.
+    pub moved_busy_flows: u64,
 }
 
 impl Totals {
@@ -269,6 +357,7 @@ impl Totals {
         self.redirect_failed += c.redirect_failed;
         self.new_flows += c.new_flows;
         self.moved_flows += c.moved_flows;
+        self.moved_busy_flows += c.moved_busy_flows;
     }
 }
 
@@ -277,8 +366,10 @@ impl Totals {
 pub struct CpuStats {
     /// The CPU's index.
     pub cpu: u32,
-    /// Its weight (0: not in the set).
+    /// Its weight (0: not in the set, or draining).
     pub weight: u32,
+    /// Leaving the set: no new flows, its busy flows stay until they idle.
+    pub draining: bool,
     /// Slot table entries pointing at it.
     pub slots: u32,
     /// Frames redirected to it (by any receiving CPU).
@@ -295,6 +386,10 @@ pub struct CpuStats {
 pub struct Stats {
     /// The interface.
     pub iface: String,
+    /// How new flows get their CPU.
+    pub assign: Assign,
+    /// Idle time after which a flow may move, in milliseconds.
+    pub flow_idle_ms: u64,
     /// Per possible CPU, in CPU order.
     pub per_cpu: Vec<CpuStats>,
 }
@@ -314,6 +409,7 @@ impl Stats {
                 redirect_failed: r.redirect_failed,
                 new_flows: r.new_flows,
                 moved_flows: r.moved_flows,
+                moved_busy_flows: r.moved_busy_flows,
             });
         }
         sum
@@ -328,6 +424,24 @@ impl Stats {
     pub fn landed(&self) -> Vec<u64> {
         self.per_cpu.iter().map(|c| c.landed).collect()
     }
+
+    /// The CPUs draining out of the set.
+    pub fn draining(&self) -> Vec<u32> {
+        self.per_cpu
+            .iter()
+            .filter(|c| c.draining)
+            .map(|c| c.cpu)
+            .collect()
+    }
+}
+
+/// What [`CpuBalance::drain`] did with the CPUs that were draining.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drained {
+    /// Taken out once nothing had been sent to them for the idle time.
+    pub idle: Vec<u32>,
+    /// Taken out at the timeout with flows still busy (those moved).
+    pub forced: Vec<u32>,
 }
 
 /// The balancer's maps, owned (taken from a loaded object) or opened from pins.
@@ -338,6 +452,7 @@ struct Maps {
     targeted: PerCpuArray<MapData, u64>,
     landed: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, Counters>,
+    config: Array<MapData, Config>,
 }
 
 impl fmt::Debug for Maps {
@@ -346,21 +461,23 @@ impl fmt::Debug for Maps {
     }
 }
 
-const MAP_NAMES: [&str; 6] = [
+const MAP_NAMES: [&str; 7] = [
     CPUS_MAP,
     SLOTS_MAP,
     WEIGHTS_MAP,
     TARGET_HITS_MAP,
     LANDED_MAP,
     COUNTERS_MAP,
+    CONFIG_MAP,
 ];
-const MAP_PINS: [&str; 6] = [
+const MAP_PINS: [&str; 7] = [
     CPUS_PIN,
     SLOTS_PIN,
     WEIGHTS_PIN,
     TARGET_HITS_PIN,
     LANDED_PIN,
     COUNTERS_PIN,
+    CONFIG_PIN,
 ];
 
 impl Maps {
@@ -384,6 +501,7 @@ impl Maps {
             Map::PerCpuArray(data(3)?),
             Map::PerCpuArray(data(4)?),
             Map::PerCpuArray(data(5)?),
+            Map::Array(data(6)?),
         ];
         Self::typed(maps, |i| path(i).display().to_string())
     }
@@ -403,6 +521,7 @@ impl Maps {
             targeted: PerCpuArray::try_from(next(3)?).map_err(map_error(&name(3)))?,
             landed: PerCpuArray::try_from(next(4)?).map_err(map_error(&name(4)))?,
             counters: PerCpuArray::try_from(next(5)?).map_err(map_error(&name(5)))?,
+            config: Array::try_from(next(6)?).map_err(map_error(&name(6)))?,
         })
     }
 
@@ -420,7 +539,8 @@ impl Maps {
             TARGET_HITS_PIN,
         )?;
         pin(self.landed.pin(dir.join(LANDED_PIN)), LANDED_PIN)?;
-        pin(self.counters.pin(dir.join(COUNTERS_PIN)), COUNTERS_PIN)
+        pin(self.counters.pin(dir.join(COUNTERS_PIN)), COUNTERS_PIN)?;
+        pin(self.config.pin(dir.join(CONFIG_PIN)), CONFIG_PIN)
     }
 
     /// The number of CPU indexes the maps cover (the possible CPUs).
@@ -440,9 +560,15 @@ impl Maps {
             .collect()
     }
 
+    fn options(&self) -> Result<Options> {
+        let config = self.config.get(&0, 0).map_err(map_error(CONFIG_MAP))?;
+        Ok(Options::from_config(&config))
+    }
+
     /// Applies `weights` live, in an order that never sends a frame to a CPU without a cpumap
-    /// entry: add the new CPUs' entries, rewrite the changed slots, the weights, and last remove
-    /// the entries of CPUs that left the set.
+    /// entry: add the new CPUs' entries, rewrite the changed slots, then the weights. CPUs that
+    /// leave the set keep their entries and drain (weight [`DRAINING`]) until [`Maps::drain`]
+    /// takes them out.
     fn set_weights(&mut self, weights: &Weights, landed: &ProgramFd) -> Result<()> {
         let n = self.cpu_slots();
         if let Some((cpu, _)) = weights.iter().find(|(cpu, _)| *cpu >= n) {
@@ -466,22 +592,23 @@ impl Maps {
             let id = self.cpus.map().info().map_err(map_error(CPUS_MAP))?.id();
             renice_kthreads(id, &added)?;
         }
-        // Slots of CPUs outside the old set (all of them in a fresh table of zeros) are free.
-        let current: Vec<u32> = self
-            .current_slots()?
-            .into_iter()
-            .map(|cpu| match old.get(cpu as usize) {
-                Some(w) if *w > 0 => cpu,
-                _ => NO_CPU,
-            })
-            .collect();
         let written = self.current_slots()?;
-        for (i, (new, old)) in weights
-            .slot_table(&current)
-            .into_iter()
-            .zip(written)
-            .enumerate()
-        {
+        let table = match self.options()?.assign {
+            // Flows keep their CPU in the flow table: the rotation may start afresh.
+            Assign::Rotation => weights.slot_table(&[]),
+            // Slots of CPUs outside the old set (all of them in a fresh table of zeros) are
+            // free; the others stay where they can, so that few idle flows change CPU.
+            Assign::Hash => weights.slot_table(
+                &written
+                    .iter()
+                    .map(|&cpu| match old.get(cpu as usize) {
+                        Some(w) if *w > 0 && *w != DRAINING => cpu,
+                        _ => NO_CPU,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        for (i, (new, old)) in table.into_iter().zip(written).enumerate() {
             if new != old {
                 self.slots
                     .set(i as u32, new, 0)
@@ -489,23 +616,82 @@ impl Maps {
             }
         }
         for cpu in 0..n {
-            if weights.get(cpu) != old[cpu as usize] {
+            let now = match (weights.get(cpu), old[cpu as usize]) {
+                (0, 0) => 0,
+                (0, _) => DRAINING,
+                (w, _) => w,
+            };
+            if now != old[cpu as usize] {
                 self.weights
-                    .set(cpu, weights.get(cpu), 0)
+                    .set(cpu, now, 0)
                     .map_err(map_error(WEIGHTS_MAP))?;
             }
         }
-        for cpu in (0..n).filter(|c| old[*c as usize] != 0 && weights.get(*c) == 0) {
-            delete_elem(self.cpus.map().fd().as_fd(), cpu).map_err(|io_error| {
-                cpumap_error(cpu)(XdpMapError::MapError(MapError::SyscallError(
-                    SyscallError {
-                        call: "bpf_map_delete_elem",
-                        io_error,
-                    },
-                )))
-            })?;
-        }
         Ok(())
+    }
+
+    /// Takes the draining CPUs out of the set: each as soon as nothing was sent to it for the
+    /// flow idle time (its flows are all idle then, and move on their next frame), or all that
+    /// are left once `timeout` has passed.
+    fn drain(&mut self, timeout: Duration) -> Result<Drained> {
+        let idle = self.options()?.flow_idle;
+        let n = self.cpu_slots();
+        let draining = |maps: &Self| -> Result<Vec<u32>> {
+            let weights = maps.current_weights()?;
+            Ok((0..n)
+                .filter(|c| weights[*c as usize] == DRAINING)
+                .collect())
+        };
+        let mut drained = Drained::default();
+        let start = Instant::now();
+        let mut quiet: BTreeMap<u32, (u64, Instant)> = BTreeMap::new();
+        loop {
+            let now = Instant::now();
+            let targeted = sum_per_cpu(&self.targeted, n, TARGET_HITS_MAP)?;
+            for cpu in draining(self)? {
+                let sent = targeted[cpu as usize];
+                let since = match quiet.get(&cpu) {
+                    Some(&(before, since)) if before == sent => since,
+                    _ => {
+                        quiet.insert(cpu, (sent, now));
+                        now
+                    }
+                };
+                if now.duration_since(since) > idle {
+                    self.take_out(cpu)?;
+                    drained.idle.push(cpu);
+                }
+            }
+            let left = draining(self)?;
+            if left.is_empty() {
+                return Ok(drained);
+            }
+            if start.elapsed() >= timeout {
+                for cpu in left {
+                    self.take_out(cpu)?;
+                    drained.forced.push(cpu);
+                }
+                return Ok(drained);
+            }
+            thread::sleep((idle / 4).clamp(Duration::from_millis(5), Duration::from_millis(100)));
+        }
+    }
+
+    /// Weight 0 for `cpu` (its flows move on their next frame), then, once programs that read
+    /// the old weight are done, its cpumap entry goes.
+    fn take_out(&mut self, cpu: u32) -> Result<()> {
+        self.weights
+            .set(cpu, 0, 0)
+            .map_err(map_error(WEIGHTS_MAP))?;
+        thread::sleep(Duration::from_millis(20));
+        delete_elem(self.cpus.map().fd().as_fd(), cpu).map_err(|io_error| {
+            cpumap_error(cpu)(XdpMapError::MapError(MapError::SyscallError(
+                SyscallError {
+                    call: "bpf_map_delete_elem",
+                    io_error,
+                },
+            )))
+        })
     }
 
     fn stats(&self, iface: &str) -> Result<Stats> {
@@ -521,9 +707,11 @@ impl Maps {
                 let cpu = i as u32;
                 let mut totals = Totals::default();
                 totals.add(counters);
+                let weight = weights.get(i).copied().unwrap_or(0);
                 CpuStats {
                     cpu,
-                    weight: weights.get(i).copied().unwrap_or(0),
+                    weight: if weight == DRAINING { 0 } else { weight },
+                    draining: weight == DRAINING,
                     slots: slots.iter().filter(|s| **s == cpu).count() as u32,
                     targeted: targeted.get(i).copied().unwrap_or(0),
                     landed: landed.get(i).copied().unwrap_or(0),
@@ -531,8 +719,11 @@ impl Maps {
                 }
             })
             .collect();
+        let options = self.options()?;
         Ok(Stats {
             iface: iface.to_owned(),
+            assign: options.assign,
+            flow_idle_ms: options.flow_idle.as_millis() as u64,
             per_cpu,
         })
     }
@@ -691,10 +882,23 @@ pub struct CpuBalance {
 
 impl CpuBalance {
     /// Loads the programs, fills the cpumap and slot table from `weights`, and attaches to
-    /// `iface` (in the calling thread's network namespace).
+    /// `iface` (in the calling thread's network namespace), with default [`Options`].
     pub fn attach(iface: &str, mode: AttachMode, weights: &Weights) -> Result<Self> {
+        Self::attach_with(iface, mode, weights, &Options::default())
+    }
+
+    /// Attaches like [`CpuBalance::attach`], with `options`.
+    pub fn attach_with(
+        iface: &str,
+        mode: AttachMode,
+        weights: &Weights,
+        options: &Options,
+    ) -> Result<Self> {
         let mut ebpf = load()?;
         let mut maps = Maps::take(&mut ebpf)?;
+        maps.config
+            .set(0, options.config()?, 0)
+            .map_err(map_error(CONFIG_MAP))?;
         let landed: &mut Xdp = object::program(&mut ebpf, ACCELERATOR, LANDED_PROGRAM)?;
         landed
             .load()
@@ -718,7 +922,8 @@ impl CpuBalance {
         self.mode
     }
 
-    /// Changes the CPU set and weights without detaching.
+    /// Changes the CPU set and weights without detaching. CPUs leaving the set drain: see
+    /// [`CpuBalance::drain`].
     pub fn set_weights(&mut self, weights: &Weights) -> Result<()> {
         let landed: &Xdp = self
             .ebpf
@@ -730,6 +935,12 @@ impl CpuBalance {
             })?;
         let fd = landed.fd().map_err(program_error("open", LANDED_PROGRAM))?;
         self.maps.set_weights(weights, fd)
+    }
+
+    /// Takes the CPUs that left the set out of it once their flows are idle, or when `timeout`
+    /// has passed (see the module documentation).
+    pub fn drain(&mut self, timeout: Duration) -> Result<Drained> {
+        self.maps.drain(timeout)
     }
 
     /// Reads the counters and the configuration.
@@ -750,12 +961,13 @@ impl CpuBalance {
         iface: &str,
         mode: AttachMode,
         weights: &Weights,
+        options: &Options,
         layout: &PinLayout,
         scope: &str,
     ) -> Result<PinnedCpuBalance> {
         let dir = layout.attachment_dir(ACCELERATOR, scope, iface);
         let pins = layout.pin_attachment(ACCELERATOR, dir, |dir| {
-            Self::attach(iface, mode, weights).and_then(|b| b.pin_into(dir))
+            Self::attach_with(iface, mode, weights, options).and_then(|b| b.pin_into(dir))
         })?;
         Ok(PinnedCpuBalance {
             iface: iface.to_owned(),
@@ -809,13 +1021,19 @@ impl PinnedCpuBalance {
         pinned_link_program(&self.pins.join(LINK_PIN))
     }
 
-    /// Changes the CPU set and weights of the attached balancer without detaching it.
+    /// Changes the CPU set and weights of the attached balancer without detaching it; CPUs
+    /// leaving the set drain (see [`PinnedCpuBalance::drain`]).
     pub fn set_weights(&self, weights: &Weights) -> Result<()> {
         let path = self.pins.join(LANDED_PROGRAM_PIN);
         let landed =
             Xdp::from_pin(&path, XdpAttachType::CpuMap).map_err(|e| pin_error(&path)(e.into()))?;
         let fd = landed.fd().map_err(program_error("open", LANDED_PROGRAM))?;
         Maps::open(self.pins.path())?.set_weights(weights, fd)
+    }
+
+    /// Like [`CpuBalance::drain`], on the pinned maps.
+    pub fn drain(&self, timeout: Duration) -> Result<Drained> {
+        Maps::open(self.pins.path())?.drain(timeout)
     }
 
     /// Reads the counters and the configuration from the pinned maps.
@@ -830,74 +1048,11 @@ impl PinnedCpuBalance {
     }
 }
 
-/// `struct ethtool_value` of `<linux/ethtool.h>`.
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-const ETHTOOL_GTXCSUM: u32 = 0x16;
-const ETHTOOL_STXCSUM: u32 = 0x17;
-
 /// Turns transmit checksum offload of `iface` (in the calling thread's network namespace) on
-/// or off, like `ethtool -K IFACE tx on|off`, through the `SIOCETHTOOL` ioctl; returns the
-/// previous setting. See the module documentation for why cpumap redirection needs it off on
-/// the sending veth.
+/// or off, like `ethtool -K IFACE tx on|off`; returns the previous setting. See the module
+/// documentation for why cpumap redirection needs it off on the sending veth.
 pub fn set_tx_checksum(iface: &str, enabled: bool) -> Result<bool> {
-    let ethtool_error = |action: &str| {
-        let action = format!("{action} transmit checksum offload of {iface} (SIOCETHTOOL)");
-        move |source: io::Error| Error::Io {
-            path: PathBuf::from(action),
-            source,
-        }
-    };
-    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('\0') {
-        return Err(Error::NoInterface(iface.to_owned()));
-    }
-    // SAFETY: plain socket(2); the result is checked and owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(ethtool_error("open a socket to set")(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ethtool = |cmd: u32, data: u32| -> io::Result<u32> {
-        let mut value = EthtoolValue { cmd, data };
-        // SAFETY: ifreq is plain data; all-zero is a valid value.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
-        // SAFETY: `ifr` names the interface and points at `value`, both alive during the call;
-        // the kernel reads and writes only the ethtool_value.
-        let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &raw mut ifr) };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(value.data)
-    };
-    let before = ethtool(ETHTOOL_GTXCSUM, 0).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENODEV) {
-            Error::NoInterface(iface.to_owned())
-        } else {
-            ethtool_error("read")(e)
-        }
-    })? != 0;
-    if before != enabled {
-        ethtool(ETHTOOL_STXCSUM, u32::from(enabled)).map_err(ethtool_error("set"))?;
-        let now = ethtool(ETHTOOL_GTXCSUM, 0).map_err(ethtool_error("read back"))? != 0;
-        if now != enabled {
-            return Err(ethtool_error("set")(io::Error::other(format!(
-                "the driver kept it {}",
-                if now { "on" } else { "off" }
-            ))));
-        }
-    }
-    Ok(before)
+    ethtool::set_offload(iface, Offload::TxChecksum, enabled)
 }
 
 #[cfg(test)]

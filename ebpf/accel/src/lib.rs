@@ -10,12 +10,14 @@
 pub mod afxdp;
 pub mod cpu_balance;
 mod error;
+pub mod ethtool;
 pub mod http_filter;
 pub mod kernel_btf;
 pub mod monitor;
 mod object;
 pub mod pin;
 pub mod sock_redirect;
+pub mod xdp_bench;
 
 pub use error::Error;
 pub use object::AttachMode;

@@ -10,11 +10,12 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
 use accel::{
     AttachMode, afxdp,
-    cpu_balance::{CpuBalance, PinnedCpuBalance, Weights},
+    cpu_balance::{Assign, CpuBalance, Options, PinnedCpuBalance, Weights},
     http_filter::{self, HttpFilter, PinnedHttpFilter, Policy, TestRunner, pcap},
     monitor::{self, Monitor, PinnedMonitor},
     pin::{BPFFS, DEFAULT_PREFIX, PinLayout},
@@ -124,14 +125,25 @@ enum CpuBalanceCommand {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t)]
         mode: AttachMode,
+        /// How new flows get their CPU: the slots in turn, or by the flow's hash.
+        #[arg(long, value_enum, default_value_t)]
+        assign: Assign,
+        /// Milliseconds a flow must be idle before it may move to another CPU.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        flow_idle_ms: u64,
     },
-    /// Change the weights live (flows stay on their CPU until they have been idle 100 ms).
+    /// Change the weights live (flows stay on their CPU while busy). CPUs leaving the set
+    /// drain: they are taken out once no flow has sent to them for the idle time, or at the
+    /// timeout with their busy flows moved.
     Weights {
         #[command(flatten)]
         target: Target,
         /// CPU weights as CPU=WEIGHT pairs, e.g. 0=1,1=3.
         #[arg(long)]
         weights: Weights,
+        /// Seconds to wait for CPUs leaving the set to drain.
+        #[arg(long, default_value_t = 10.0)]
+        drain_timeout: f64,
     },
     /// Print the per-CPU weights, slots and counters.
     Stats {
@@ -376,10 +388,10 @@ fn afxdp_command(command: AfxdpCommand) -> anyhow::Result<()> {
         fast_path.xdp_mode(),
     );
     io::stdout().flush()?;
-    let interval = std::time::Duration::from_secs(run.interval);
+    let interval = Duration::from_secs(run.interval);
     let mut last = std::time::Instant::now();
     while !SIGNALLED.load(Ordering::Relaxed) && !fast_path.failed() {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
         if run.interval > 0 && last.elapsed() >= interval {
             last = std::time::Instant::now();
             print_afxdp(&fast_path.stats()?, run.json)?;
@@ -451,41 +463,75 @@ fn cpu_balance_command(
             target,
             weights,
             mode,
+            assign,
+            flow_idle_ms,
         } => {
             let weights = match weights {
                 Some(weights) => weights,
                 None => Weights::online()?,
             };
-            let pinned = CpuBalance::attach_pinned(&target.iface, mode, &weights, layout, scope)?;
+            let options = Options {
+                assign,
+                flow_idle: Duration::from_millis(flow_idle_ms),
+            };
+            let pinned =
+                CpuBalance::attach_pinned(&target.iface, mode, &weights, &options, layout, scope)?;
             println!(
-                "cpu_balance attached to {} (weights {weights}), pinned at {}",
+                "cpu_balance attached to {} (weights {weights}, {assign:?} assignment), pinned at {}",
                 target.iface,
                 pinned.dir().display()
             );
         }
-        CpuBalanceCommand::Weights { target, weights } => {
-            PinnedCpuBalance::open(layout, scope, &target.iface)?.set_weights(&weights)?;
+        CpuBalanceCommand::Weights {
+            target,
+            weights,
+            drain_timeout,
+        } => {
+            let timeout = Duration::try_from_secs_f64(drain_timeout)
+                .map_err(|e| anyhow::anyhow!("--drain-timeout {drain_timeout}: {e}"))?;
+            let pinned = PinnedCpuBalance::open(layout, scope, &target.iface)?;
+            pinned.set_weights(&weights)?;
             println!("cpu_balance on {}: weights {weights}", target.iface);
+            let drained = pinned.drain(timeout)?;
+            if !drained.idle.is_empty() {
+                println!("drained CPUs {:?} (their flows were idle)", drained.idle);
+            }
+            if !drained.forced.is_empty() {
+                println!(
+                    "took CPUs {:?} out after {drain_timeout} s with flows still busy (moved)",
+                    drained.forced
+                );
+            }
         }
         CpuBalanceCommand::Stats { target, json } => {
             let stats = PinnedCpuBalance::open(layout, scope, &target.iface)?.stats()?;
             if json {
                 let value = serde_json::json!({
                     "iface": stats.iface,
+                    "assign": stats.assign,
+                    "flow_idle_ms": stats.flow_idle_ms,
                     "per_cpu": stats.per_cpu,
                     "total": stats.total(),
                 });
                 println!("{value}");
             } else {
-                println!("cpu_balance on {}", stats.iface);
                 println!(
-                    "{:>5} {:>7} {:>6} {:>12} {:>12} {:>12}",
+                    "cpu_balance on {} ({:?} assignment, flows move after {} ms idle)",
+                    stats.iface, stats.assign, stats.flow_idle_ms
+                );
+                println!(
+                    "{:>5} {:>9} {:>6} {:>12} {:>12} {:>12}",
                     "cpu", "weight", "slots", "targeted", "landed", "received"
                 );
                 for c in &stats.per_cpu {
+                    let weight = if c.draining {
+                        "draining".to_owned()
+                    } else {
+                        c.weight.to_string()
+                    };
                     println!(
-                        "{:>5} {:>7} {:>6} {:>12} {:>12} {:>12}",
-                        c.cpu, c.weight, c.slots, c.targeted, c.landed, c.received.packets
+                        "{:>5} {:>9} {:>6} {:>12} {:>12} {:>12}",
+                        c.cpu, weight, c.slots, c.targeted, c.landed, c.received.packets
                     );
                 }
             }

@@ -1,7 +1,9 @@
 //! The CPU balancer against a real kernel: UDP flows on a veth in a fresh namespace land on
-//! the CPUs the hash and weights say (counted by the cpumap program on the CPU itself), live
-//! weight changes take effect, a TCP transfer through the balanced interface arrives intact and
-//! in order, and the pinned CLI life cycle. Needs root and at least 2 CPUs.
+//! the CPUs the hash and weights say (counted by the cpumap program on the CPU itself), or in
+//! weighted rotation exactly by weight; live weight changes take effect; a CPU leaving the set
+//! keeps its busy flows until they idle (or a drain timeout); a TCP transfer through the
+//! balanced interface arrives intact and in order; and the pinned CLI life cycle. Needs root
+//! and at least 2 CPUs.
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +15,7 @@ use std::{
 
 use accel::{
     AttachMode,
-    cpu_balance::{self, CpuBalance, Stats, Weights},
+    cpu_balance::{self, Assign, CpuBalance, Options, Stats, Weights},
 };
 use anyhow::{Context as _, ensure};
 use etherparse::PacketBuilder;
@@ -105,8 +107,13 @@ fn udp_flows_land_on_the_weighted_cpus_and_follow_a_live_change() -> anyhow::Res
     let weights = Weights::new([(0, 1), (1, 3)])?;
     let table = weights.slot_table(&[]);
 
+    let hash = Options {
+        assign: Assign::Hash,
+        ..Options::default()
+    };
     let ours = ns.run(|| -> anyhow::Result<BTreeSet<u32>> {
-        let mut balance = CpuBalance::attach(&a, AttachMode::Native, &weights).context("attach")?;
+        let mut balance =
+            CpuBalance::attach_with(&a, AttachMode::Native, &weights, &hash).context("attach")?;
         let ours: BTreeSet<u32> = balance.program_ids()?.into_iter().collect();
         let mut predicted = [0u64; 2];
         for port in 0..FLOWS {
@@ -150,9 +157,17 @@ fn udp_flows_land_on_the_weighted_cpus_and_follow_a_live_change() -> anyhow::Res
             "CPU 1 share {share:.3}, want 0.75 ± 0.06"
         );
 
-        // Live change: everything to CPU 1. New flows and CPU 0's old flows go there now.
+        // Live change: everything to CPU 1. CPU 0 drains: nothing is sent to it now, so it is
+        // taken out after the idle time; then new flows and CPU 0's old flows go to CPU 1.
         balance.set_weights(&Weights::new([(1, 1)])?)?;
+        ensure!(balance.stats()?.draining() == [0]);
+        let drained = balance.drain(Duration::from_secs(10))?;
+        ensure!(
+            drained.idle == [0] && drained.forced.is_empty(),
+            "{drained:?}"
+        );
         let before = balance.stats()?;
+        ensure!(before.draining().is_empty(), "{before:?}");
         for port in 0..FLOWS {
             testkit::send_frames(&b, &udp_frame(B_IP, 30000 + port, A_IP, 9), 1)?;
             testkit::send_frames(&b, &udp_frame(B_IP, 20000 + port, A_IP, 9), 1)?;
@@ -170,13 +185,165 @@ fn udp_flows_land_on_the_weighted_cpus_and_follow_a_live_change() -> anyhow::Res
             "{after:?}"
         );
         ensure!(
-            after.total().moved_flows >= u64::from(FLOWS) / 8,
-            "CPU 0's flows moved: {:?}",
+            after.total().moved_flows >= u64::from(FLOWS) / 8
+                && after.total().moved_busy_flows == 0,
+            "CPU 0's idle flows moved: {:?}",
             after.total()
         );
         Ok(ours)
     })??;
     wait_released(&ours)?;
+    Ok(())
+}
+
+/// Runs `f` on a thread pinned to CPU 0: frames it sends on a veth are received (and balanced)
+/// on CPU 0, so the balancer's rotation for that CPU is predictable.
+fn on_cpu0<T: Send>(f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<T> {
+            // SAFETY: cpu_set_t is plain data; the calls only read and write it.
+            let set = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                set
+            };
+            // SAFETY: pins the calling thread; `set` is valid for the call.
+            if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("pinned thread panicked"))?
+    })
+}
+
+/// Frames landed per CPU since `before`.
+fn landed_since(before: &Stats, after: &Stats) -> [u64; 2] {
+    [0, 1].map(|cpu| after.landed()[cpu] - before.landed()[cpu])
+}
+
+#[test]
+fn rotation_spreads_any_run_of_flows_exactly_by_weight() -> anyhow::Result<()> {
+    require_two_cpus()?;
+    let (ns, a, b) = veth_lab()?;
+    for (weights, expected) in [([(0, 1), (1, 1)], [32, 32]), ([(0, 1), (1, 3)], [16, 48])] {
+        let weights = Weights::new(weights)?;
+        ns.run(|| -> anyhow::Result<()> {
+            let balance = CpuBalance::attach(&a, AttachMode::Native, &weights)?;
+            let before = balance.stats()?;
+            // 64 flows, both directions of every fourth: each flow's frames on one CPU, the
+            // flows split exactly by weight (a hash gives only a binomial split).
+            let mut flows = [0u64; 2];
+            for port in 0..64u16 {
+                let sport = 40000 + port;
+                let sent = balance.stats()?;
+                let reverse = port % 4 == 0;
+                on_cpu0(|| -> anyhow::Result<()> {
+                    testkit::send_frames(&b, &udp_frame(B_IP, sport, A_IP, 9), 2)?;
+                    if reverse {
+                        testkit::send_frames(&b, &udp_frame(A_IP, 9, B_IP, sport), 1)?;
+                    }
+                    Ok(())
+                })??;
+                let frames = 2 + u64::from(reverse);
+                let now = wait_for(
+                    || balance.stats(),
+                    |s| landed_since(&sent, s).iter().sum::<u64>() >= frames,
+                )?;
+                let landed = landed_since(&sent, &now);
+                let Some(cpu) = landed.iter().position(|n| *n == frames) else {
+                    anyhow::bail!("flow {sport} split over the CPUs: {landed:?}");
+                };
+                flows[cpu] += 1;
+            }
+            let after = balance.stats()?;
+            ensure!(flows == expected, "flows per CPU {flows:?} for {weights}");
+            ensure!(after.total().new_flows - before.total().new_flows == 64);
+            Ok(())
+        })??;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_cpu_leaving_the_set_keeps_busy_flows_until_they_idle() -> anyhow::Result<()> {
+    require_two_cpus()?;
+    let (ns, a, b) = veth_lab()?;
+    let options = Options {
+        assign: Assign::Rotation,
+        flow_idle: Duration::from_secs(2),
+    };
+    let both = Weights::new([(0, 1), (1, 1)])?;
+    let only_1 = Weights::new([(1, 1)])?;
+    let flow = |sport: u16| udp_frame(B_IP, sport, A_IP, 9);
+    // Sends `n` frames of flow `sport` from CPU 0: where they landed.
+    let send = |balance: &CpuBalance, sport: u16, n: usize| -> anyhow::Result<[u64; 2]> {
+        let before = balance.stats()?;
+        on_cpu0(|| testkit::send_frames(&b, &flow(sport), n))??;
+        let after = wait_for(
+            || balance.stats(),
+            |s| landed_since(&before, s).iter().sum::<u64>() >= n as u64,
+        )?;
+        Ok(landed_since(&before, &after))
+    };
+    ns.run(|| -> anyhow::Result<()> {
+        let mut balance = CpuBalance::attach_with(&a, AttachMode::Native, &both, &options)?;
+        // The rotation of a fresh table 0 1 0 1 …: flow 1000 on CPU 0, flow 1001 on CPU 1.
+        ensure!(send(&balance, 1000, 5)? == [5, 0]);
+        ensure!(send(&balance, 1001, 5)? == [0, 5]);
+
+        balance.set_weights(&only_1)?;
+        let s = balance.stats()?;
+        ensure!(s.draining() == [0] && s.per_cpu[0].slots == 0, "{s:?}");
+        // Busy: flow 1000 stays on the draining CPU; a new flow goes to CPU 1.
+        ensure!(send(&balance, 1000, 5)? == [5, 0]);
+        ensure!(send(&balance, 1002, 5)? == [0, 5]);
+        let started = Instant::now();
+        let drained = balance.drain(Duration::from_secs(20))?;
+        ensure!(
+            drained.idle == [0] && drained.forced.is_empty(),
+            "{drained:?}"
+        );
+        ensure!(
+            started.elapsed() >= Duration::from_secs(2),
+            "drained before the flows were idle for 2 s"
+        );
+        // Idle now: flow 1000 moves to CPU 1 with its next frame; flow 1001, idle too, keeps
+        // CPU 1, which is still in the set.
+        ensure!(send(&balance, 1000, 5)? == [0, 5]);
+        ensure!(send(&balance, 1001, 5)? == [0, 5]);
+        let t = balance.stats()?.total();
+        ensure!(t.moved_flows == 1 && t.moved_busy_flows == 0, "{t:?}");
+
+        // A drain that times out takes the CPU out with its busy flow, which moves at once.
+        balance.set_weights(&both)?;
+        let on_0 = (2000..2002)
+            .find(|sport| send(&balance, *sport, 1).is_ok_and(|landed| landed == [1, 0]))
+            .context("no new flow landed on CPU 0")?;
+        balance.set_weights(&only_1)?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let drained = thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = on_cpu0(|| testkit::send_frames(&b, &flow(on_0), 1));
+                    thread::sleep(Duration::from_millis(20));
+                }
+            });
+            let drained = balance.drain(Duration::from_millis(500));
+            thread::sleep(Duration::from_millis(100));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            drained
+        })?;
+        ensure!(
+            drained.forced == [0] && drained.idle.is_empty(),
+            "{drained:?}"
+        );
+        ensure!(send(&balance, on_0, 5)? == [0, 5]);
+        let t = balance.stats()?.total();
+        ensure!(t.moved_busy_flows == 1, "{t:?}");
+        Ok(())
+    })??;
     Ok(())
 }
 

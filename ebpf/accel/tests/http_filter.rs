@@ -203,6 +203,48 @@ fn fixtures() -> Vec<Fixture> {
             Some("everything-9000"),
         ),
         fx(
+            "8000 longest short prefix",
+            Spec::get(8000, "GET", "/admin/x"),
+            Allow,
+            Some("short-admin"),
+        ),
+        fx(
+            "8000 short prefix",
+            Spec::get(8000, "POST", "/api/v1/items"),
+            Drop,
+            Some("short-api"),
+        ),
+        fx(
+            "8000 shortest prefix",
+            Spec::get(8000, "GET", "/about"),
+            Monitor,
+            Some("short-a"),
+        ),
+        fx(
+            "8000 whole target is the prefix",
+            Spec::get(8000, "GET", "/a"),
+            Monitor,
+            Some("short-a"),
+        ),
+        fx(
+            "8000 target shorter than a prefix",
+            Spec::get(8000, "GET", "/api"),
+            Monitor,
+            Some("short-a"),
+        ),
+        fx(
+            "8000 empty prefix",
+            Spec::get(8000, "GET", "/"),
+            Allow,
+            Some("short-rest"),
+        ),
+        fx(
+            "8000 method not allowed",
+            Spec::get(8000, "PUT", "/api/v1"),
+            Drop,
+            Some("short"),
+        ),
+        fx(
             "port out of scope",
             Spec::get(443, "GET", "/admin"),
             Other,
@@ -574,6 +616,10 @@ fn frames() -> impl Strategy<Value = Vec<u8>> {
         "",
         "/a b",
         "/adm",
+        "/api/v2",
+        "/api",
+        "/about",
+        "/a",
     ]);
     let tail = prop::sample::select(vec![
         " HTTP/1.1\r\n",
@@ -613,7 +659,7 @@ fn frames() -> impl Strategy<Value = Vec<u8>> {
             prop::bool::weighted(0.1),
         ),
         (
-            prop::sample::select(vec![80u16, 80, 8080, 8080, 9000, 443]),
+            prop::sample::select(vec![80u16, 80, 8080, 8080, 9000, 8000, 8000, 443]),
             payload,
         ),
     )

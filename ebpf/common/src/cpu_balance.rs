@@ -4,9 +4,16 @@
 //! # Maps
 //! - [`CPUS_MAP`]: cpumap by CPU index, one entry (queue size, [`LANDED_PROGRAM`]) per CPU of
 //!   the set. User space sizes it to the possible CPUs at load time.
-//! - [`SLOTS_MAP`]: array of [`SLOTS`] `u32` CPU indexes: a flow whose hash is `h` goes to
-//!   `slots[h % SLOTS]`. User space fills it in proportion to the weights; [`NO_CPU`] passes.
-//! - [`WEIGHTS_MAP`]: array of `u32` weights by CPU index; 0 means "not in the set".
+//! - [`SLOTS_MAP`]: array of [`SLOTS`] `u32` CPU indexes, filled by user space in proportion to
+//!   the weights; [`NO_CPU`] passes. A new flow takes the next slot of the receiving CPU's
+//!   rotation ([`ASSIGN_ROTATION`]: `slots[n % SLOTS]` for its n-th new flow, the table
+//!   interleaved so that any run of flows is spread by weight) or the slot of its hash
+//!   ([`ASSIGN_HASH`]: `slots[h % SLOTS]`, the same for a flow wherever and whenever it is
+//!   seen).
+//! - [`WEIGHTS_MAP`]: array of `u32` weights by CPU index; 0 means "not in the set",
+//!   [`DRAINING`] "leaving the set": no new flows, busy flows stay.
+//! - [`CONFIG_MAP`]: array, one [`Config`] slot: the assignment and the idle time.
+//! - [`ROTOR_MAP`]: per-CPU array, one `u32` slot: new flows seen on that receiving CPU.
 //! - [`FLOWS_MAP`]: LRU hash [`FlowKey`] → [`FlowState`]: the CPU each recent flow went to.
 //! - [`TARGET_HITS_MAP`]: per-CPU array of `u64` by target CPU: frames redirected there,
 //!   counted on the receiving CPU.
@@ -15,10 +22,14 @@
 //! - [`COUNTERS_MAP`]: per-CPU array, one [`Counters`] slot, on the receiving CPU.
 //!
 //! # Never splitting a flow
-//! A flow keeps the CPU recorded in [`FLOWS_MAP`] while its frames keep coming: it is looked up
-//! in the slot table again only after it was idle for [`FLOW_IDLE_NS`] (nothing of it can be
-//! left in the old CPU's queue then), or when its CPU left the set (weight 0). Slot table
-//! changes therefore move new and idle flows only.
+//! A flow keeps the CPU recorded in [`FLOWS_MAP`] (both directions alike: the key is symmetric)
+//! while that CPU is in the set: with [`ASSIGN_ROTATION`] for as long as the table remembers the
+//! flow, with [`ASSIGN_HASH`] until it has been idle for [`Config::flow_idle_ns`] (then its
+//! hash slot decides again). Otherwise a flow moves only when its CPU has left the set: a CPU
+//! being removed first drains ([`DRAINING`]) — no new flows, busy flows stay — and user space
+//! takes it out once nothing was sent to it for the idle time, so the flows that move then
+//! are idle and nothing of them can be left in the old CPU's queue. Slot table changes
+//! therefore move new (and, hashed, idle) flows only.
 
 /// The balancing XDP program, attached to the receiving interface.
 pub const PROGRAM: &str = "cpu_balance";
@@ -39,6 +50,10 @@ pub const TARGET_HITS_MAP: &str = "CB_TARGET_HITS";
 pub const LANDED_MAP: &str = "CB_LANDED";
 /// Name of the receive-side per-CPU counters.
 pub const COUNTERS_MAP: &str = "CB_COUNTERS";
+/// Name of the configuration array.
+pub const CONFIG_MAP: &str = "CB_CONFIG";
+/// Name of the per-CPU rotation counters.
+pub const ROTOR_MAP: &str = "CB_ROTOR";
 
 /// Slots of the slot table: weights resolve to multiples of 1/`SLOTS` of the flows.
 pub const SLOTS: u32 = 256;
@@ -46,8 +61,14 @@ pub const SLOTS: u32 = 256;
 pub const NO_CPU: u32 = u32::MAX;
 /// Entries of [`FLOWS_MAP`]; the least recently used flow is forgotten beyond that.
 pub const MAX_FLOWS: u32 = 65536;
-/// Idle time after which a flow may move to the CPU the slot table now gives it.
+/// Default idle time after which a flow may move to another CPU.
 pub const FLOW_IDLE_NS: u64 = 100_000_000;
+/// [`WEIGHTS_MAP`] value of a CPU leaving the set: no new flows, busy flows stay.
+pub const DRAINING: u32 = u32::MAX;
+/// [`Config::assign`]: new flows take the receiving CPU's next slot in turn.
+pub const ASSIGN_ROTATION: u32 = 0;
+/// [`Config::assign`]: new flows take the slot of their hash.
+pub const ASSIGN_HASH: u32 = 1;
 /// The largest number of CPUs the maps are built for before user space resizes them.
 pub const MAX_CPUS: u32 = 64;
 
@@ -76,6 +97,20 @@ pub struct Counters {
     pub new_flows: u64,
     /// Idle flows that came back to a different CPU than before.
     pub moved_flows: u64,
+    /// Busy flows moved because their CPU left the set without draining (a flow split).
+    pub moved_busy_flows: u64,
+}
+
+/// How the balancer assigns flows, set by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Idle time in ns after which a flow may move.
+    pub flow_idle_ns: u64,
+    /// [`ASSIGN_ROTATION`] or [`ASSIGN_HASH`].
+    pub assign: u32,
+    /// Zero: keeps the layout free of implicit padding.
+    pub pad: u32,
 }
 
 /// What the flow table keeps for one flow.
@@ -200,5 +235,8 @@ fn fmix32(mut h: u32) -> u32 {
 // SAFETY: a plain #[repr(C)] struct of u64 fields: no padding, every bit pattern valid.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Counters {}
+// SAFETY: #[repr(C)], a u64 then two u32: no padding, every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}
 
 const _: () = assert!(size_of::<FlowKey>() == 40 && size_of::<FlowState>() == 16);

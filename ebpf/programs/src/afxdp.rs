@@ -11,7 +11,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ebpf_common::afxdp::{Counters, MAX_QUEUES, PORTS};
-use ebpf_programs::with_percpu_slot;
+use ebpf_programs::{
+    parse::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV6_HLEN, Ipv4, Ipv6, ethernet, load},
+    with_percpu_slot,
+};
 
 #[map]
 static AX_PORTS: Array<u8> = Array::with_max_entries(PORTS, 0);
@@ -21,14 +24,6 @@ static AX_SOCKETS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map]
 static AX_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_UDP: u8 = 17;
-/// Offsets are masked with this before packet access: it bounds them for the verifier and is
-/// above any linear XDP buffer, so no real offset changes.
-const OFFSET_MASK: usize = 0x3fff;
 
 /// Redirects chosen UDP ports to the queue's AF_XDP socket; passes the rest.
 #[xdp]
@@ -56,38 +51,25 @@ pub fn afxdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Reads a `T` at `off` bytes into the frame, if it lies within it.
-#[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    let off = off & OFFSET_MASK;
-    let at = ctx.data() + off;
-    if at + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: the bytes lie inside the frame, checked just above.
-    Some(unsafe { (at as *const T).read_unaligned() })
-}
-
-/// The UDP destination port of an unfragmented UDP datagram, IPv4 or IPv6.
+/// The UDP destination port of an unfragmented UDP datagram, IPv4 or IPv6 (no VLAN tags, no
+/// IPv6 extension headers).
 #[inline(always)]
 fn udp_dport(ctx: &XdpContext) -> Option<u16> {
-    let ethertype = u16::from_be_bytes(load::<[u8; 2]>(ctx, 12)?);
+    let (ethertype, ip) = ethernet(ctx, 0)?;
     let l4 = match ethertype {
         ETH_P_IPV4 => {
-            let ip = load::<[u8; 20]>(ctx, ETH_HLEN)?;
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-            if ip[0] >> 4 != 4 || ihl < 20 || fragment || ip[9] != IPPROTO_UDP {
+            let header = Ipv4::at(ctx, ip)?;
+            if !header.is_valid() || header.is_fragment() || header.protocol() != IPPROTO_UDP {
                 return None;
             }
-            ETH_HLEN + ihl
+            ip + header.header_len()
         }
         ETH_P_IPV6 => {
-            let ip = load::<[u8; 8]>(ctx, ETH_HLEN)?;
-            if ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
+            let header = Ipv6::at(ctx, ip)?;
+            if !header.is_valid() || header.next_header() != IPPROTO_UDP {
                 return None;
             }
-            ETH_HLEN + 40
+            ip + IPV6_HLEN
         }
         _ => return None,
     };

@@ -1,22 +1,29 @@
 //! CPU balancer at XDP: spreads the flows arriving on one interface over a weighted set of CPUs
-//! through a cpumap, choosing the CPU by a symmetric 5-tuple hash and a slot table (see
+//! through a cpumap. A new flow (symmetric 5-tuple key) takes a slot of a table filled by
+//! weight, in rotation or by hash, and keeps that CPU while it is busy (see
 //! `ebpf_common::cpu_balance` for the maps and the rule that keeps a flow on one CPU).
 //! Non-IP frames and IP fragments pass on the receiving CPU.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_NOEXIST, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
     maps::{Array, CpuMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use ebpf_common::cpu_balance::{
-    Counters, FAMILY_V4, FAMILY_V6, FLOW_IDLE_NS, FlowKey, FlowState, MAX_CPUS, MAX_FLOWS, NO_CPU,
-    SLOTS,
+    ASSIGN_ROTATION, Config, Counters, DRAINING, FAMILY_V4, FAMILY_V6, FLOW_IDLE_NS, FlowKey,
+    FlowState, MAX_CPUS, MAX_FLOWS, NO_CPU, SLOTS,
 };
-use ebpf_programs::with_percpu_slot;
+use ebpf_programs::{
+    parse::{
+        ETH_P_IPV4, ETH_P_IPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV6_FRAGMENT, IPV6_HLEN,
+        Ipv4, Ipv6, ethernet, load,
+    },
+    with_percpu_slot,
+};
 
 #[map]
 static CB_CPUS: CpuMap = CpuMap::with_max_entries(MAX_CPUS, 0);
@@ -39,19 +46,13 @@ static CB_LANDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CB_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
+#[map]
+static CB_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static CB_ROTOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 const MAX_VLAN_TAGS: usize = 2;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_SCTP: u8 = 132;
-const IPV6_FRAGMENT: u8 = 44;
-/// Offsets are masked with this before packet access: it bounds them for the verifier and is
-/// above any linear XDP buffer, so no real offset changes.
-const OFFSET_MASK: usize = 0x3fff;
 
 /// Why a frame is not balanced.
 enum Skip {
@@ -103,115 +104,111 @@ pub fn cpu_balance_landed(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The flow's CPU: the recorded one while the flow is busy and its CPU is in the set, else the
-/// slot table's (recorded for the next frames).
+/// The flow's CPU: the recorded one while that CPU is in the set — also once the flow went
+/// idle, in rotation (its turn was taken; moving it would only unbalance the rotation) —, or
+/// while the flow is busy and its CPU drains; else a newly assigned one (recorded for the next
+/// frames). In hash mode an idle flow takes the slot of its hash again.
 #[inline(always)]
 fn choose_cpu(key: &FlowKey) -> u32 {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let slot_cpu = || CB_SLOTS.get(key.slot()).copied().unwrap_or(NO_CPU);
+    let config = CB_CONFIG.get(0).copied().unwrap_or(Config {
+        flow_idle_ns: FLOW_IDLE_NS,
+        assign: ASSIGN_ROTATION,
+        pad: 0,
+    });
     if let Some(state) = CB_FLOWS.get_ptr_mut(key) {
         // SAFETY: the entry's value, valid during the program's run. Other CPUs may write it
         // at the same time (both directions of a flow); each field is written whole.
         let state = unsafe { &mut *state };
-        let busy = now.wrapping_sub(state.last_ns) < FLOW_IDLE_NS;
+        let busy = now.wrapping_sub(state.last_ns) < config.flow_idle_ns;
         state.last_ns = now;
-        if busy && in_set(state.cpu) {
+        let stays = match CB_WEIGHTS.get(state.cpu).copied().unwrap_or(0) {
+            0 => false,
+            DRAINING => busy,
+            _ => busy || config.assign == ASSIGN_ROTATION,
+        };
+        if stays {
             return state.cpu;
         }
-        let cpu = slot_cpu();
+        let cpu = assign(key, &config);
         if cpu != state.cpu {
-            with_percpu_slot(&CB_COUNTERS, |c| c.moved_flows += 1);
+            with_percpu_slot(&CB_COUNTERS, |c| {
+                if busy {
+                    c.moved_busy_flows += 1;
+                } else {
+                    c.moved_flows += 1;
+                }
+            });
             state.cpu = cpu;
         }
         return cpu;
     }
-    let cpu = slot_cpu();
+    let cpu = assign(key, &config);
     with_percpu_slot(&CB_COUNTERS, |c| c.new_flows += 1);
     let state = FlowState {
         last_ns: now,
         cpu,
         pad: 0,
     };
-    // A full table evicts its least recently used flow; a failed insert only means the next
-    // frame looks the flow up in the slot table again.
-    let _ = CB_FLOWS.insert(key, state, 0);
+    // The other direction's first frame, on another CPU, may have recorded the flow since the
+    // lookup: then that CPU stands. A full table evicts its least recently used flow.
+    if CB_FLOWS
+        .insert(key, &state, u64::from(BPF_NOEXIST))
+        .is_err()
+        && let Some(recorded) = CB_FLOWS.get_ptr(key)
+    {
+        // SAFETY: the entry's value, valid during the program's run; a u32 read whole.
+        return unsafe { (*recorded).cpu };
+    }
     cpu
 }
 
+/// The CPU for a flow without one: the slot table entry of the receiving CPU's next turn, or
+/// of the flow's hash.
 #[inline(always)]
-fn in_set(cpu: u32) -> bool {
-    CB_WEIGHTS.get(cpu).is_some_and(|w| *w != 0)
-}
-
-/// Reads a `T` at `off` bytes into the frame, if it lies within it.
-#[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    let off = off & OFFSET_MASK;
-    let at = ctx.data() + off;
-    if at + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: the bytes lie inside the frame, checked just above.
-    Some(unsafe { (at as *const T).read_unaligned() })
-}
-
-#[inline(always)]
-fn load_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    load::<[u8; 2]>(ctx, off).map(u16::from_be_bytes)
-}
-
-/// `count` big-endian words of `bytes` from `from`, in a 4-word address (the rest 0).
-#[inline(always)]
-fn words<const N: usize>(bytes: &[u8; N], from: usize, count: usize) -> [u32; 4] {
-    let mut out = [0u32; 4];
-    let mut i = 0;
-    while i < count && i < 4 && from + 4 * i + 4 <= N {
-        let at = from + 4 * i;
-        out[i] = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        i += 1;
-    }
-    out
+fn assign(key: &FlowKey, config: &Config) -> u32 {
+    let slot = if config.assign == ASSIGN_ROTATION {
+        let mut turn = 0;
+        with_percpu_slot(&CB_ROTOR, |n| {
+            turn = *n;
+            *n = n.wrapping_add(1);
+        });
+        turn % SLOTS
+    } else {
+        key.slot()
+    };
+    CB_SLOTS.get(slot).copied().unwrap_or(NO_CPU)
 }
 
 /// The frame's flow key, or why it has none.
 #[inline(always)]
 fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Skip> {
-    let mut ethertype = load_be16(ctx, 12).ok_or(Skip::Other)?;
-    let mut off = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        ethertype = load_be16(ctx, off + 2).ok_or(Skip::Other)?;
-        off += 4;
-    }
-    match ethertype {
-        ETH_P_IPV4 => ipv4(ctx, off),
-        ETH_P_IPV6 => ipv6(ctx, off),
+    match ethernet(ctx, MAX_VLAN_TAGS).ok_or(Skip::Other)? {
+        (ETH_P_IPV4, off) => ipv4(ctx, off),
+        (ETH_P_IPV6, off) => ipv6(ctx, off),
         _ => Err(Skip::Other),
     }
 }
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, ip: usize) -> Result<FlowKey, Skip> {
-    let header = load::<[u8; 20]>(ctx, ip).ok_or(Skip::Other)?;
-    let ihl = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || ihl < 20 {
+    let header = Ipv4::at(ctx, ip).ok_or(Skip::Other)?;
+    if !header.is_valid() {
         return Err(Skip::Other);
     }
     // More fragments, or a fragment offset: not a whole datagram.
-    if u16::from_be_bytes([header[6], header[7]]) & 0x3fff != 0 {
+    if header.is_fragment() {
         return Err(Skip::Fragment);
     }
-    let protocol = header[9];
-    let (sport, dport) = ports(ctx, protocol, ip + ihl)?;
+    let protocol = header.protocol();
+    let (sport, dport) = ports(ctx, protocol, ip + header.header_len())?;
     Ok(FlowKey::new(
         FAMILY_V4,
         protocol,
-        words(&header, 12, 1),
+        [header.src(), 0, 0, 0],
         sport,
-        words(&header, 16, 1),
+        [header.dst(), 0, 0, 0],
         dport,
     ))
 }
@@ -220,21 +217,21 @@ fn ipv4(ctx: &XdpContext, ip: usize) -> Result<FlowKey, Skip> {
 /// next headers (extension headers) key the flow on addresses and next header alone.
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, ip: usize) -> Result<FlowKey, Skip> {
-    let header = load::<[u8; 40]>(ctx, ip).ok_or(Skip::Other)?;
-    if header[0] >> 4 != 6 {
+    let header = Ipv6::at(ctx, ip).ok_or(Skip::Other)?;
+    if !header.is_valid() {
         return Err(Skip::Other);
     }
-    let protocol = header[6];
+    let protocol = header.next_header();
     if protocol == IPV6_FRAGMENT {
         return Err(Skip::Fragment);
     }
-    let (sport, dport) = ports(ctx, protocol, ip + 40)?;
+    let (sport, dport) = ports(ctx, protocol, ip + IPV6_HLEN)?;
     Ok(FlowKey::new(
         FAMILY_V6,
         protocol,
-        words(&header, 8, 4),
+        header.src(),
         sport,
-        words(&header, 24, 4),
+        header.dst(),
         dport,
     ))
 }

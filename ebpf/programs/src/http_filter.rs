@@ -2,36 +2,46 @@
 //! (extension headers), TCP (options) and the HTTP/1.x request line at the start of the TCP
 //! payload, then applies the policy in maps (see `ebpf_common::http_filter` for the layout
 //! and the exact grammar). Everything it does not recognise passes.
+//!
+//! The request line is read in place, eight bytes at a time (SWAR: one 64-bit load checks
+//! eight bytes against a byte range); the path prefix trie is consulted only when the port's
+//! head filter says a prefix may match, and only then are the target bytes copied into the
+//! trie's key.
 #![no_std]
 #![no_main]
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use ebpf_common::http_filter::{
-    ACTION_ALLOW, ACTION_MONITOR, Counters, HTTP_VERSION_PREFIX, MAX_IPV6_EXT_HEADERS,
-    MAX_PATH_ENTRIES, MAX_PORTS, MAX_RULES, MAX_VLAN_TAGS, METHOD_CONNECT, METHOD_DELETE,
-    METHOD_GET, METHOD_HEAD, METHOD_MAX, METHOD_OPTIONS, METHOD_OTHER, METHOD_PATCH, METHOD_POST,
-    METHOD_PUT, METHOD_TRACE, NO_RULE, PATH_MAX, PathKey, PathRule, PortPolicy, RuleName,
-    VERDICT_ALLOW, VERDICT_DROP, VERDICT_MALFORMED, VERDICT_MONITOR, VERDICT_NOT_REQUEST,
-    VERDICT_OTHER, VERDICT_REQUEST, pack_token,
+    ACTION_ALLOW, ACTION_MONITOR, Counters, HTTP_VERSION_PREFIX, LOOKUP_SHORT, LOOKUP_TRIE,
+    MAX_IPV6_EXT_HEADERS, MAX_PATH_ENTRIES, MAX_RULES, MAX_VLAN_TAGS, METHOD_CONNECT,
+    METHOD_DELETE, METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_OTHER, METHOD_PATCH,
+    METHOD_POST, METHOD_PUT, METHOD_TRACE, NO_RULE, PATH_MAX, PORT_NUMBERS, PORT_POLICY_SLOTS,
+    PathKey, PathRule, PortPolicy, RuleName, VERDICT_ALLOW, VERDICT_DROP, VERDICT_MALFORMED,
+    VERDICT_MONITOR, VERDICT_NOT_REQUEST, VERDICT_OTHER, VERDICT_REQUEST, VERDICTS, head_bit,
+    pack_le,
 };
-use ebpf_programs::with_percpu_slot;
+use ebpf_programs::{
+    parse::{
+        ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOPOPTS,
+        IPV6_ROUTING, Ipv4, Ipv6, Ipv6Next, OFFSET_MASK, ethernet, ipv6_extensions, load,
+        load_byte, load_le64,
+    },
+    with_percpu_slot,
+};
 
 #[map]
-static HF_PORTS: HashMap<u16, PortPolicy> = HashMap::with_max_entries(MAX_PORTS, 0);
+static HF_PORT_SLOTS: Array<u32> = Array::with_max_entries(PORT_NUMBERS, 0);
+
+#[map]
+static HF_PORTS: Array<PortPolicy> = Array::with_max_entries(PORT_POLICY_SLOTS, 0);
 
 #[map]
 static HF_PATHS: LpmTrie<PathKey, PathRule> = LpmTrie::with_max_entries(MAX_PATH_ENTRIES, 0);
-
-#[map]
-static HF_RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
 #[map]
 static HF_RULE_NAMES: Array<RuleName> = Array::with_max_entries(MAX_RULES, 0);
@@ -39,74 +49,46 @@ static HF_RULE_NAMES: Array<RuleName> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 static HF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU work area, bytes at fixed offsets: a `Key<PathKey>` (packed, alignment 1) whose
-/// path bytes are loaded straight from the packet, followed by room for the `" HTTP/1."` after
-/// a short target ([`WINDOW`] bytes from [`PATH_OFFSET`]); the payload bounds at
-/// [`BOUNDS_OFFSET`].
 #[map]
-static HF_SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+static HF_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HOPOPTS: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DSTOPTS: u8 = 60;
-/// Offsets are masked with this before packet access: it bounds them for the verifier and is
-/// above any linear XDP buffer, so no real offset changes.
-const OFFSET_MASK: usize = 0x3fff;
-/// Offset of the path bytes in the scratch value: after the LPM prefix length (4), port (2).
-const PATH_OFFSET: usize = 6;
-/// Target bytes loaded: a full-length path plus `" HTTP/1."`.
-const WINDOW: usize = PATH_MAX + HTTP_VERSION_PREFIX.len();
-/// Target bytes copied first; the rest of the window follows only for long targets.
-const FIRST_LOAD: usize = 64;
-/// Target bytes scanned within the first copy: a terminator before this index leaves room for
-/// the `" HTTP/1."` after it.
-const FIRST_SCAN: usize = FIRST_LOAD - HTTP_VERSION_PREFIX.len();
+/// Per-CPU work area: the trie key, and a place to pass offsets through memory.
+#[repr(C)]
+struct Scratch {
+    /// The LPM key: prefix length, port, target bytes.
+    key: Key<PathKey>,
+    /// Room for the last 8-byte store of a copy that ends just past the key.
+    slack: [u8; 12],
+    /// Offsets stored and read back with a volatile load: values read from a map are unknown
+    /// to the verifier, so every path (VLAN tags, IP versions, extension headers, where the
+    /// target ended) reaches the code after it in the same state and is verified once.
+    launder: [u64; LAUNDER_SLOTS],
+}
+
+const LAUNDER_SLOTS: usize = 3;
+
 /// Method token and its space.
-const HEAD_LEN: usize = METHOD_MAX + 1;
-/// Payload start and end offsets (two u64), stored and read back with a volatile load: values
-/// read from a map are unknown to the verifier, so every header path (VLANs, IP versions,
-/// extension headers) reaches the request parser in the same state and is verified once.
-const BOUNDS_OFFSET: usize = (PATH_OFFSET + WINDOW).next_multiple_of(8);
-const SCRATCH_LEN: usize = BOUNDS_OFFSET + 16;
-const _: () =
-    assert!(size_of::<Key<PathKey>>() + HTTP_VERSION_PREFIX.len() == PATH_OFFSET + WINDOW);
+const HEAD_LEN: usize = 9;
+/// `" HTTP/1."` as a little-endian 8-byte load sees it.
+const VERSION: u64 = pack_le(HTTP_VERSION_PREFIX);
+/// A byte value repeated in each byte of a word.
+const fn repeat(byte: u8) -> u64 {
+    u64::from_le_bytes([byte; 8])
+}
+/// Eight-byte steps of the target scan: enough to see byte PATH_MAX.
+const SCAN_CHUNKS: usize = PATH_MAX / 8 + 1;
+const _: () = assert!(size_of::<Scratch>() == 296 && SCAN_CHUNKS * 8 > PATH_MAX);
 
 /// Filters HTTP requests by method and path prefix; passes everything else.
 #[xdp]
 pub fn http_filter(ctx: XdpContext) -> u32 {
     let (verdict, rule) = classify(&ctx);
     with_percpu_slot(&HF_COUNTERS, |c| {
-        c.packets += 1;
-        match verdict {
-            VERDICT_MALFORMED => c.parse_failures += 1,
-            VERDICT_REQUEST | VERDICT_ALLOW | VERDICT_DROP => c.http_requests += 1,
-            VERDICT_MONITOR => {
-                c.http_requests += 1;
-                c.monitored += 1;
-            }
-            _ => {}
+        c.verdicts[verdict as usize % VERDICTS] += 1;
+        if rule != NO_RULE {
+            c.rule_hits[rule as usize % MAX_RULES as usize] += 1;
         }
-        if verdict == VERDICT_DROP {
-            c.dropped += 1;
-        } else {
-            c.passed += 1;
-        }
-        c.last_verdict = verdict;
-        c.last_rule = rule;
     });
-    if rule != NO_RULE
-        && let Some(hits) = HF_RULE_HITS.get_ptr_mut(rule)
-    {
-        // SAFETY: this CPU's slot, valid for the program's run; only this CPU writes it.
-        unsafe { *hits += 1 };
-    }
     if verdict == VERDICT_DROP {
         xdp_action::XDP_DROP
     } else {
@@ -120,40 +102,12 @@ pub fn http_filter_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// Reads a `T` at `off` bytes into the frame, if it lies within it.
-#[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    let off = off & OFFSET_MASK;
-    let at = ctx.data() + off;
-    if at + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: the bytes lie inside the frame, checked just above.
-    Some(unsafe { (at as *const T).read_unaligned() })
-}
-
-#[inline(always)]
-fn load_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
-    load::<[u8; 2]>(ctx, off).map(u16::from_be_bytes)
-}
-
 /// The verdict and matched rule id for one frame.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> (u32, u32) {
-    let Some(mut ethertype) = load_be16(ctx, 12) else {
+    let Some((ethertype, off)) = ethernet(ctx, MAX_VLAN_TAGS) else {
         return (VERDICT_MALFORMED, NO_RULE);
     };
-    let mut off = ETH_HLEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        let Some(inner) = load_be16(ctx, off + 2) else {
-            return (VERDICT_MALFORMED, NO_RULE);
-        };
-        ethertype = inner;
-        off += 4;
-    }
     let l4 = match ethertype {
         ETH_P_IPV4 => ipv4(ctx, off),
         ETH_P_IPV6 => ipv6(ctx, off),
@@ -168,78 +122,43 @@ fn classify(ctx: &XdpContext) -> (u32, u32) {
 /// Skips an IPv4 header at `ip`: the TCP header offset and the end of the IP packet.
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, ip: usize) -> Result<(usize, usize), u32> {
-    let Some(header) = load::<[u8; 20]>(ctx, ip) else {
-        return Err(VERDICT_MALFORMED);
-    };
-    let ihl = usize::from(header[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    if header[0] >> 4 != 4 || ihl < 20 || total < ihl {
+    let header = Ipv4::at(ctx, ip).ok_or(VERDICT_MALFORMED)?;
+    if !header.is_valid() || header.total_len() < header.header_len() {
         return Err(VERDICT_MALFORMED);
     }
-    let end = ip + total;
+    let end = ip + header.total_len();
     if ctx.data() + (end & OFFSET_MASK) > ctx.data_end() || end > OFFSET_MASK {
         return Err(VERDICT_MALFORMED);
     }
-    if u16::from_be_bytes([header[6], header[7]]) & 0x1fff != 0 || header[9] != IPPROTO_TCP {
+    if header.is_later_fragment() || header.protocol() != IPPROTO_TCP {
         return Err(VERDICT_OTHER);
     }
-    Ok((ip + ihl, end))
+    Ok((ip + header.header_len(), end))
 }
 
 /// Skips an IPv6 header and its extension headers at `ip`: the TCP header offset and the end
 /// of the IP packet.
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, ip: usize) -> Result<(usize, usize), u32> {
-    let Some(header) = load::<[u8; 40]>(ctx, ip) else {
-        return Err(VERDICT_MALFORMED);
-    };
-    if header[0] >> 4 != 6 {
+    let header = Ipv6::at(ctx, ip).ok_or(VERDICT_MALFORMED)?;
+    if !header.is_valid() {
         return Err(VERDICT_MALFORMED);
     }
-    let end = ip + 40 + usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let end = ip + IPV6_HLEN + header.payload_len();
     if ctx.data() + (end & OFFSET_MASK) > ctx.data_end() || end > OFFSET_MASK {
         return Err(VERDICT_MALFORMED);
     }
-    let mut next = header[6];
-    let mut off = ip + 40;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let is_ext = matches!(
-            next,
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
-        );
-        // Every extension header is at least 8 bytes long.
-        if is_ext && off + 8 > end {
-            return Err(VERDICT_MALFORMED);
-        }
-        let len = match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let Some(ext) = load::<[u8; 2]>(ctx, off) else {
-                    return Err(VERDICT_MALFORMED);
-                };
-                next = ext[0];
-                (usize::from(ext[1]) + 1) * 8
-            }
-            IPV6_FRAGMENT => {
-                let Some(frag) = load::<[u8; 4]>(ctx, off) else {
-                    return Err(VERDICT_MALFORMED);
-                };
-                if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
-                    return Err(VERDICT_OTHER);
-                }
-                next = frag[0];
-                8
-            }
-            _ => break,
-        };
-        off += len;
-        if off > end {
-            return Err(VERDICT_MALFORMED);
-        }
-    }
-    match next {
-        IPPROTO_TCP => Ok((off, end)),
-        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT => Err(VERDICT_MALFORMED),
-        _ => Err(VERDICT_OTHER),
+    match ipv6_extensions(
+        ctx,
+        header.next_header(),
+        ip + IPV6_HLEN,
+        end,
+        MAX_IPV6_EXT_HEADERS,
+    ) {
+        Ipv6Next::Header(IPPROTO_TCP, tcp) => Ok((tcp, end)),
+        Ipv6Next::Header(IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT, _)
+        | Ipv6Next::Malformed => Err(VERDICT_MALFORMED),
+        Ipv6Next::Header(..) | Ipv6Next::LaterFragment => Err(VERDICT_OTHER),
     }
 }
 
@@ -254,33 +173,68 @@ fn tcp_segment(ctx: &XdpContext, tcp: usize, end: usize) -> (u32, u32) {
         return (VERDICT_MALFORMED, NO_RULE);
     }
     let port = u16::from_be_bytes([header[2], header[3]]);
-    let Some(policy) = HF_PORTS.get_ptr(port) else {
+    let policy = match HF_PORT_SLOTS.get(u32::from(port)) {
+        Some(&slot) if slot != 0 => HF_PORTS.get(slot),
+        _ => None,
+    };
+    // A slot another port took over since this port's slot was read: the port has just left
+    // the policy.
+    let Some(policy) = policy.filter(|p| p.port == u32::from(port)) else {
         return (VERDICT_OTHER, NO_RULE);
     };
-    // SAFETY: a map value, valid for the program's run; PortPolicy is plain data.
-    let policy = unsafe { *policy };
     let Some(scratch) = HF_SCRATCH.get_ptr_mut(0) else {
         return (VERDICT_NOT_REQUEST, NO_RULE);
     };
-    let scratch = scratch.cast::<u8>();
-    // SAFETY: BOUNDS_OFFSET + 16 == SCRATCH_LEN: two u64 inside this CPU's scratch value.
-    let (payload, end) = unsafe {
-        let bounds = scratch.add(BOUNDS_OFFSET).cast::<u64>();
-        bounds.write_unaligned((tcp + doff) as u64);
-        bounds.add(1).write_unaligned(end as u64);
-        (
-            bounds.read_volatile() as usize & OFFSET_MASK,
-            bounds.add(1).read_volatile() as usize & OFFSET_MASK,
-        )
-    };
-    request(ctx, scratch, payload, end, port, &policy)
+    // SAFETY: this CPU's scratch value, valid for the program's run.
+    let scratch = unsafe { &mut *scratch };
+    request(ctx, scratch, tcp + doff, end, port, policy)
+}
+
+/// `values` passed through the scratch value: the same numbers, unknown to the verifier.
+#[inline(always)]
+fn launder<const N: usize>(scratch: &mut Scratch, values: [usize; N]) -> [usize; N] {
+    const { assert!(N <= LAUNDER_SLOTS) };
+    let slots = scratch.launder.as_mut_ptr();
+    let mut out = [0; N];
+    for (i, (value, laundered)) in values.iter().zip(out.iter_mut()).enumerate() {
+        // SAFETY: i < N <= LAUNDER_SLOTS: a u64 inside this CPU's scratch value.
+        unsafe {
+            slots.add(i).write_volatile(*value as u64);
+            *laundered = slots.add(i).read_volatile() as usize & OFFSET_MASK;
+        }
+    }
+    out
+}
+
+/// High bit of each byte of `x` outside `lo..=hi` (1 <= lo, hi <= 0x7e). Only the lowest set
+/// bit is exact (borrows and carries run towards higher bytes), which is the one used.
+#[inline(always)]
+fn outside(x: u64, lo: u8, hi: u8) -> u64 {
+    let below = x.wrapping_sub(repeat(lo)) & !x;
+    let above = x.wrapping_add(repeat(0x7f - hi)) | x;
+    (below | above) & repeat(0x80)
+}
+
+/// Index (0..8) of the lowest byte whose high bit is set in a non-zero `mask`.
+#[inline(always)]
+fn first_byte(mask: u64) -> usize {
+    let lowest = (mask & mask.wrapping_neg()) >> 7;
+    // `lowest` is 1 << 8i; the multiplication moves byte 7 - i of the constant, which is i, to
+    // the top.
+    (lowest.wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
+}
+
+/// The lowest `len` (1..=8) bytes of `x`.
+#[inline(always)]
+fn low_bytes(x: u64, len: usize) -> u64 {
+    x & (u64::MAX >> (64 - 8 * len))
 }
 
 /// Recognises the request line of the payload `[payload, end)` and applies the policy.
 #[inline(always)]
 fn request(
     ctx: &XdpContext,
-    scratch: *mut u8,
+    scratch: &mut Scratch,
     payload: usize,
     end: usize,
     port: u16,
@@ -292,132 +246,173 @@ fn request(
     if payload + HEAD_LEN > end {
         return NOT_REQUEST;
     }
-    let Some(head) = load::<[u8; HEAD_LEN]>(ctx, payload) else {
+    let Some(head) = load_le64(ctx, payload) else {
         return NOT_REQUEST;
     };
-    let mut token = 0u64;
-    let mut method_len = 0;
-    for (i, &byte) in head.iter().enumerate() {
-        if byte == b' ' && i > 0 {
-            method_len = i;
-            break;
-        }
-        if !byte.is_ascii_uppercase() {
-            return NOT_REQUEST;
-        }
-        token = (token << 8) | u64::from(byte);
-    }
-    if method_len == 0 {
+    let not_upper = outside(head, b'A', b'Z');
+    let (method_len, space) = if not_upper == 0 {
+        (8, load_byte(ctx, payload + 8))
+    } else {
+        let i = first_byte(not_upper);
+        (i, Some((head >> (8 * i)) as u8))
+    };
+    if method_len == 0 || space != Some(b' ') {
         return NOT_REQUEST;
     }
+    let method = method_bit(low_bytes(head, method_len));
 
     let target = payload + method_len + 1;
-    if target >= end {
+    let Some((target_len, first)) = target_len(ctx, scratch, target, end) else {
         return NOT_REQUEST;
-    }
-    // Written as 1 + min(n - 1, WINDOW - 1) so the verifier sees 1 <= window <= WINDOW.
-    let window = (end - target - 1).min(WINDOW - 1) + 1;
-    let key = scratch.cast::<Key<PathKey>>();
-    // SAFETY: `scratch` is this CPU's map value, valid for the program's run; the path bytes
-    // start PATH_OFFSET bytes in and WINDOW bytes fit before BOUNDS_OFFSET.
-    let path = unsafe { scratch.add(PATH_OFFSET) };
-    // Most targets are short: copy the first FIRST_LOAD bytes and scan them; copy the rest of
-    // the window only when no terminator turned up early enough for " HTTP/1." to fit too.
-    let first = (window - 1).min(FIRST_LOAD - 1) + 1;
-    if !load_bytes(ctx, target, path, first) {
-        return NOT_REQUEST;
-    }
-    let end_of_target = match scan(path, 0, FIRST_SCAN, window) {
-        Scan::Terminator(i) => i,
-        Scan::EndOfSegment => return NOT_REQUEST,
-        Scan::Visible => {
-            if window > FIRST_LOAD {
-                let rest = (window - FIRST_LOAD - 1).min(WINDOW - FIRST_LOAD - 1) + 1;
-                // SAFETY: FIRST_LOAD + rest <= WINDOW: inside the path window.
-                let tail = unsafe { path.add(FIRST_LOAD) };
-                if !load_bytes(ctx, target + FIRST_LOAD, tail, rest) {
-                    return NOT_REQUEST;
-                }
-            }
-            match scan(path, FIRST_SCAN, PATH_MAX + 1, window) {
-                Scan::Terminator(i) => i,
-                Scan::EndOfSegment => return NOT_REQUEST,
-                // More than PATH_MAX visible bytes: a long target, judged on its first PATH_MAX.
-                Scan::Visible => PATH_MAX + 1,
-            }
-        }
     };
-    let target_len = if end_of_target > PATH_MAX {
-        PATH_MAX
-    } else {
-        if end_of_target == 0 || end_of_target + HTTP_VERSION_PREFIX.len() > window {
-            return NOT_REQUEST;
-        }
-        for (k, expected) in HTTP_VERSION_PREFIX.iter().enumerate() {
-            // SAFETY: end_of_target + k < window, and those bytes were copied (a terminator
-            // before FIRST_SCAN leaves room for 8 bytes within the first copy).
-            if unsafe { *path.add(end_of_target + k) } != *expected {
-                return NOT_REQUEST;
-            }
-        }
-        end_of_target
-    };
-
-    let method = method_bit(token);
     if policy.allowed_methods & method == 0 {
         return (action_verdict(policy.method_action), policy.method_rule);
     }
-    // SAFETY: `key` points at this CPU's scratch value, which starts with a Key<PathKey>
-    // (alignment 1); the packed fields are written by value.
-    let rule = unsafe {
-        (*key).prefix_len = ((2 + target_len) * 8) as u32;
-        (*key).data.port = port.to_be_bytes();
-        HF_PATHS.get(&*key).copied()
+    let default = || {
+        if policy.default_rule == NO_RULE {
+            (VERDICT_REQUEST, NO_RULE)
+        } else {
+            (action_verdict(policy.default_action), policy.default_rule)
+        }
     };
-    match rule {
+    match policy.lookup {
+        LOOKUP_SHORT => {
+            for short in policy.short.iter().take(policy.short_count as usize) {
+                let len = short.len as usize;
+                if target_len >= len && low_bytes(first, len) == short.value {
+                    return (action_verdict(short.action), short.rule);
+                }
+            }
+            return default();
+        }
+        LOOKUP_TRIE => {}
+        _ => return default(),
+    }
+    let head_len = policy.head_len as usize;
+    let bit = head_bit(low_bytes(first, head_len));
+    if target_len < head_len || policy.heads[(bit as usize / 64) & 3] & (1 << (bit % 64)) == 0 {
+        return default();
+    }
+    // Bytes past the port's longest prefix do not change the longest match.
+    let key_len = target_len.min(policy.max_prefix_len as usize);
+    let [target, key_len, end] = launder(scratch, [target, key_len, end]);
+    if key_len == 0 || !copy_target(ctx, scratch, target, key_len, end) {
+        return NOT_REQUEST;
+    }
+    scratch.key.prefix_len = ((2 + key_len) * 8) as u32;
+    scratch.key.data.port = port.to_be_bytes();
+    match HF_PATHS.get(&scratch.key) {
         Some(rule) => (action_verdict(rule.action), rule.rule),
         None => (VERDICT_REQUEST, NO_RULE),
     }
 }
 
-/// How a scan of target bytes ended.
-enum Scan {
-    /// At a byte that is not visible ASCII, at this index.
-    Terminator(usize),
-    /// At the end of the copied window (the segment ends inside the target).
-    EndOfSegment,
-    /// At the end of the range, all bytes visible.
-    Visible,
+/// The length of the request target at `target` (segment ending at `end`) the policy sees:
+/// the run of visible ASCII followed by `" HTTP/1."`, or the first PATH_MAX bytes of a longer
+/// run, and the target's first 8 bytes; `None` when the payload is no request line.
+#[inline(always)]
+fn target_len(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    target: usize,
+    end: usize,
+) -> Option<(usize, u64)> {
+    // A target of at least one byte and the version after it, or a long target: 9 bytes.
+    if target + 9 > end {
+        return None;
+    }
+    let first = load_le64(ctx, target)?;
+    let mut chunk = first;
+    let mut terminator = None;
+    let mut i = 0;
+    for _ in 0..SCAN_CHUNKS {
+        if i > 0 {
+            if target + i + 8 > end {
+                break;
+            }
+            chunk = load_le64(ctx, target + i)?;
+        }
+        let bad = outside(chunk, 0x21, 0x7e);
+        if bad != 0 {
+            terminator = Some(i + first_byte(bad));
+            break;
+        }
+        i += 8;
+    }
+    let terminator = match terminator {
+        Some(t) => t,
+        None if i > PATH_MAX => return Some((PATH_MAX, first)),
+        // Fewer than 8 bytes left: byte by byte.
+        None => tail_terminator(ctx, target, i, end)?,
+    };
+    let [t, remaining] = launder(scratch, [terminator, end - target]);
+    if t > PATH_MAX {
+        return Some((PATH_MAX, first));
+    }
+    if t == 0 || t + 8 > remaining || load_le64(ctx, target + t)? != VERSION {
+        return None;
+    }
+    Some((t, first))
 }
 
-/// Scans `path[from..to]` (stopping at `window`) for the first byte outside `0x21..=0x7e`.
+/// Continues the scan of [`target_len`] byte by byte from index `from` (fewer than 8 bytes of
+/// the segment, which ends at `end`, are left): the index of the first byte outside visible
+/// ASCII, or an index past PATH_MAX when bytes up to PATH_MAX are all visible; `None` when the
+/// segment ends first.
 #[inline(always)]
-fn scan(path: *const u8, from: usize, to: usize, window: usize) -> Scan {
-    for i in from..to {
-        if i >= window {
-            return Scan::EndOfSegment;
+fn tail_terminator(ctx: &XdpContext, target: usize, from: usize, end: usize) -> Option<usize> {
+    for k in 0..8 {
+        let i = from + k;
+        if i > PATH_MAX {
+            return Some(i);
         }
-        // SAFETY: i < window <= WINDOW, and callers copied the bytes below `to` or `window`.
-        let byte = unsafe { *path.add(i) };
+        if target + i >= end {
+            return None;
+        }
+        let byte = load_byte(ctx, target + i)?;
         if !(0x21..=0x7e).contains(&byte) {
-            return Scan::Terminator(i);
+            return Some(i);
         }
     }
-    Scan::Visible
+    None
 }
 
-/// Copies `len` (1..=WINDOW) frame bytes at `offset` to `dst` in the scratch value.
+/// Copies the `len` (1..=PATH_MAX) target bytes at `target` into the trie key, eight at a
+/// time while the segment (ending at `end`) has them, then byte by byte.
 #[inline(always)]
-fn load_bytes(ctx: &XdpContext, offset: usize, dst: *mut u8, len: usize) -> bool {
-    // SAFETY: callers pass a destination with room for `len` bytes in the scratch value.
-    unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            (offset & OFFSET_MASK) as u32,
-            dst.cast::<c_void>(),
-            len as u32,
-        ) == 0
+fn copy_target(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    target: usize,
+    len: usize,
+    end: usize,
+) -> bool {
+    let path = scratch.key.data.path.as_mut_ptr();
+    let mut i = 0;
+    for _ in 0..SCAN_CHUNKS {
+        if i >= len || target + i + 8 > end {
+            break;
+        }
+        let Some(chunk) = load::<[u8; 8]>(ctx, target + i) else {
+            return false;
+        };
+        // SAFETY: i < len <= PATH_MAX and i is a multiple of 8, so the 8 bytes end at most
+        // 2 bytes past the path, inside `slack`.
+        unsafe { path.add(i).cast::<[u8; 8]>().write_unaligned(chunk) };
+        i += 8;
     }
+    for _ in 0..7 {
+        if i >= len {
+            break;
+        }
+        let Some(byte) = load_byte(ctx, target + i) else {
+            return false;
+        };
+        // SAFETY: i < len <= PATH_MAX: inside the path.
+        unsafe { *path.add(i & 0xff) = byte };
+        i += 1;
+    }
+    true
 }
 
 #[inline(always)]
@@ -431,15 +426,15 @@ fn action_verdict(action: u32) -> u32 {
 
 #[inline(always)]
 fn method_bit(token: u64) -> u32 {
-    const GET: u64 = pack_token(b"GET");
-    const HEAD: u64 = pack_token(b"HEAD");
-    const POST: u64 = pack_token(b"POST");
-    const PUT: u64 = pack_token(b"PUT");
-    const DELETE: u64 = pack_token(b"DELETE");
-    const CONNECT: u64 = pack_token(b"CONNECT");
-    const OPTIONS: u64 = pack_token(b"OPTIONS");
-    const TRACE: u64 = pack_token(b"TRACE");
-    const PATCH: u64 = pack_token(b"PATCH");
+    const GET: u64 = pack_le(b"GET");
+    const HEAD: u64 = pack_le(b"HEAD");
+    const POST: u64 = pack_le(b"POST");
+    const PUT: u64 = pack_le(b"PUT");
+    const DELETE: u64 = pack_le(b"DELETE");
+    const CONNECT: u64 = pack_le(b"CONNECT");
+    const OPTIONS: u64 = pack_le(b"OPTIONS");
+    const TRACE: u64 = pack_le(b"TRACE");
+    const PATCH: u64 = pack_le(b"PATCH");
     match token {
         GET => METHOD_GET,
         HEAD => METHOD_HEAD,

@@ -2,6 +2,8 @@
 //! (`src/<accelerator>.rs`) and so one ELF object, loaded on its own by `accel`.
 #![no_std]
 
+pub mod parse;
+
 use aya_ebpf::maps::PerCpuArray;
 
 /// Runs `update` on slot 0 of a per-CPU array. The bpf target has no atomic fetch_add, and

@@ -9,9 +9,17 @@ use serde::{Deserialize, Serialize};
 pub struct TcpCounters {
     /// Segments retransmitted (`Tcp: RetransSegs` in `snmp`).
     pub retransmits: u64,
-    /// Segments queued out of order (`TcpExt: TCPOFOQueue` in `netstat`).
+    /// Segments queued out of order (`TcpExt: TCPOFOQueue` in `netstat`): reordered or after
+    /// a loss, at the receiver.
     pub out_of_order: u64,
+    /// Reordering the senders detected (`TcpExt: TCPSACKReorder + TCPRenoReorder +
+    /// TCPTSReorder`): segments that arrived after later ones although none was lost, which
+    /// tells reordering from loss.
+    pub reordering: u64,
 }
+
+/// The `TcpExt` counters a sender raises when it sees reordering.
+const REORDER_COUNTERS: [&str; 3] = ["TCPSACKReorder", "TCPRenoReorder", "TCPTSReorder"];
 
 impl TcpCounters {
     /// Reads the counters of the calling thread's network namespace (call it from a thread
@@ -24,9 +32,16 @@ impl TcpCounters {
 
     /// Parses `/proc/net/snmp` and `/proc/net/netstat`: pairs of lines, names then values.
     pub fn parse(snmp: &str, netstat: &str) -> Result<Self, String> {
+        let retransmits = counter(snmp, "Tcp", "RetransSegs")?;
+        let out_of_order = counter(netstat, "TcpExt", "TCPOFOQueue")?;
+        let mut reordering = 0;
+        for name in REORDER_COUNTERS {
+            reordering += counter(netstat, "TcpExt", name)?;
+        }
         Ok(Self {
-            retransmits: counter(snmp, "Tcp", "RetransSegs")?,
-            out_of_order: counter(netstat, "TcpExt", "TCPOFOQueue")?,
+            retransmits,
+            out_of_order,
+            reordering,
         })
     }
 
@@ -35,6 +50,7 @@ impl TcpCounters {
         TcpCounters {
             retransmits: self.retransmits.saturating_sub(before.retransmits),
             out_of_order: self.out_of_order.saturating_sub(before.out_of_order),
+            reordering: self.reordering.saturating_sub(before.reordering),
         }
     }
 }
@@ -63,8 +79,8 @@ mod tests {
 
     const SNMP: &str = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
         Tcp: RtoAlgorithm ActiveOpens RetransSegs InErrs\nTcp: 1 5 42 0\n";
-    const NETSTAT: &str = "TcpExt: SyncookiesSent TCPOFOQueue TCPOFODrop\nTcpExt: 0 17 1\n\
-        IpExt: InNoRoutes\nIpExt: 0\n";
+    const NETSTAT: &str = "TcpExt: SyncookiesSent TCPSACKReorder TCPRenoReorder TCPTSReorder \
+        TCPOFOQueue TCPOFODrop\nTcpExt: 0 2 0 1 17 1\nIpExt: InNoRoutes\nIpExt: 0\n";
 
     #[test]
     fn parses_and_subtracts() {
@@ -73,18 +89,21 @@ mod tests {
             now,
             TcpCounters {
                 retransmits: 42,
-                out_of_order: 17
+                out_of_order: 17,
+                reordering: 3,
             }
         );
         let before = TcpCounters {
             retransmits: 40,
             out_of_order: 20,
+            reordering: 1,
         };
         assert_eq!(
             now.since(&before),
             TcpCounters {
                 retransmits: 2,
-                out_of_order: 0
+                out_of_order: 0,
+                reordering: 2,
             }
         );
     }
@@ -102,6 +121,10 @@ mod tests {
         assert_eq!(
             TcpCounters::parse(SNMP, "TcpExt: TCPOFOQueue\nTcpExt: x\n"),
             Err("bad value of `TcpExt: TCPOFOQueue`".to_owned())
+        );
+        assert_eq!(
+            TcpCounters::parse(SNMP, "TcpExt: TCPOFOQueue TCPSACKReorder\nTcpExt: 1 2\n"),
+            Err("no `TcpExt: TCPRenoReorder` counter".to_owned())
         );
     }
 

@@ -1,5 +1,6 @@
 //! The CPU-spreading variants of a window: the XDP CPU balancer (`accel::cpu_balance`) and the
-//! kernel's RPS ([`crate::rps`]), each set up for one window and undone on drop.
+//! kernel's RPS ([`crate::rps`]), and the interface offloads that make their comparison fair
+//! (`kind = "offloads"`), each set up for one window and undone on drop.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use accel::cpu_balance::{self, CpuBalance, Stats, Weights};
+use accel::ethtool::{self, Offload};
 
 use crate::measure::{jain, per_second};
 use crate::rps::Rps;
@@ -144,4 +146,49 @@ impl Drop for Balancer {
 pub(super) fn rps(end: &VethEnd, cpus: &[usize]) -> Result<Rps, String> {
     Rps::set(netns_path(&end.ns).as_deref(), &end.dev, cpus)
         .map_err(|e| format!("RPS on {}:{}: {e}", end.node, end.iface))
+}
+
+/// Offloads of one interface set for a window; dropping it restores those it changed.
+pub(super) struct Offloads {
+    end: VethEnd,
+    /// The previous setting of each offload changed, in the order they were changed.
+    changed: Vec<(Offload, bool)>,
+}
+
+impl Offloads {
+    /// Sets each `(offload, on)` of `settings` on `end`.
+    pub fn set(end: &VethEnd, settings: &[(Offload, bool)]) -> Result<Self, String> {
+        let mut offloads = Self {
+            end: end.clone(),
+            changed: Vec::new(),
+        };
+        for &(offload, on) in settings {
+            let dev = end.dev.clone();
+            let before = in_netns(&end.ns, move || ethtool::set_offload(&dev, offload, on))?
+                .map_err(|e| format!("offloads of {}:{}: {e}", end.node, end.iface))?;
+            if before != on {
+                offloads.changed.push((offload, before));
+            }
+        }
+        Ok(offloads)
+    }
+}
+
+impl Drop for Offloads {
+    fn drop(&mut self) {
+        for &(offload, on) in self.changed.iter().rev() {
+            let dev = self.end.dev.clone();
+            let restored = in_netns(&self.end.ns, move || {
+                ethtool::set_offload(&dev, offload, on)
+            })
+            .and_then(|r| r.map(drop).map_err(|e| e.to_string()));
+            if let Err(e) = restored {
+                tracing::warn!(
+                    "restoring {offload:?} of {}:{}: {e}",
+                    self.end.node,
+                    self.end.iface
+                );
+            }
+        }
+    }
 }

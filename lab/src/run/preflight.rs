@@ -113,7 +113,8 @@ fn accelerator_cpus(kind: &AcceleratorKind) -> Box<dyn Iterator<Item = usize> + 
         AcceleratorKind::Monitor { .. }
         | AcceleratorKind::SockRedirect { .. }
         | AcceleratorKind::Afxdp { .. }
-        | AcceleratorKind::HttpFilter { .. } => Box::new(std::iter::empty()),
+        | AcceleratorKind::HttpFilter { .. }
+        | AcceleratorKind::Offloads { .. } => Box::new(std::iter::empty()),
     }
 }
 

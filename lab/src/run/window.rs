@@ -97,6 +97,10 @@ enum Handle {
         /// Restores the previous masks when dropped.
         _restore: Rps,
     },
+    Offloads {
+        /// Restores the previous settings when dropped.
+        _restore: balance::Offloads,
+    },
 }
 
 /// An attached accelerator's counters at one moment.
@@ -126,7 +130,7 @@ impl Attached {
                 .stats()
                 .map(|s| Counters::HttpFilter(s.total()))
                 .map_err(|e| format!("{}: {e}", self.label)),
-            Handle::Rps { .. } => Ok(Counters::None),
+            Handle::Rps { .. } | Handle::Offloads { .. } => Ok(Counters::None),
         }
     }
 }
@@ -262,6 +266,7 @@ impl<'a> Lab<'a> {
             let counts = after.since(&before);
             metrics.insert("tcp_retrans_segs".to_owned(), counts.retransmits as f64);
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
+            metrics.insert("tcp_reorder_events".to_owned(), counts.reordering as f64);
         }
         let echoes: u64 = outcomes
             .iter()
@@ -489,6 +494,15 @@ impl<'a> Lab<'a> {
                     attached.push(Attached {
                         label: format!("rps.{node}-{}", iface.value),
                         handle: Handle::Rps { _restore: rps },
+                    });
+                }
+                AcceleratorKind::Offloads { iface, settings } => {
+                    let [end, _] = self.link_of(variant, node, &iface.value)?;
+                    let offloads = balance::Offloads::set(end, settings)
+                        .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                    attached.push(Attached {
+                        label: format!("offloads.{node}-{}", iface.value),
+                        handle: Handle::Offloads { _restore: offloads },
                     });
                 }
             }

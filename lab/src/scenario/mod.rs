@@ -30,6 +30,9 @@
 //! # Also: { kind = "cpu_balance", node, iface, cpus = [0, 1] }    XDP cpumap balancer
 //! #       (or `weights = { "0" = 1, "1" = 3 }`; neither: every online CPU, weight 1)
 //! #       { kind = "rps", node, iface, cpus = [0, 1] }           the kernel's RPS (rps_cpus)
+//! #       { kind = "offloads", node, iface, tx = false, tso = false, gso = false, gro = true }
+//! #       (ethtool -K settings of an interface for the variant, restored after it; any of the
+//! #       four: transmit checksum, TCP and generic segmentation, generic receive offload)
 //! # or { kind = "afxdp", node = "server", iface = "eth0", ports = [7777] }: AF_XDP echo
 //! # or { kind = "http_filter", node, iface, mode, policy = "policies/x.toml" } (relative to
 //! # this file; grammar in accel's http_filter::policy)
@@ -188,6 +191,16 @@ pub enum AcceleratorKind {
         /// The CPUs packets are steered to (not empty).
         cpus: Vec<usize>,
     },
+    /// Offload settings of an interface for the variant (`ethtool -K`), restored after it:
+    /// checksum and segmentation offloads off make a veth send wire-sized frames with real
+    /// checksums, as a real NIC receives them; GRO on makes a veth without XDP poll its peer's
+    /// frames through NAPI, as a NIC driver does.
+    Offloads {
+        /// The interface, one of the node's link ends.
+        iface: Spanned<String>,
+        /// Each offload named and whether it is on.
+        settings: Vec<(accel::ethtool::Offload, bool)>,
+    },
     /// AF_XDP echo of chosen UDP ports on an interface (`accel::afxdp`): replaces the node's
     /// kernel echo server on those ports while attached.
     Afxdp {
@@ -228,6 +241,7 @@ pub const ACCELERATOR_KINDS: &[&str] = &[
     "sock_redirect",
     "cpu_balance",
     "rps",
+    "offloads",
     "afxdp",
     "http_filter",
 ];

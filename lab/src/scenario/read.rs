@@ -4,6 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
+use accel::ethtool::Offload;
+
 use super::{
     ACCELERATOR_KINDS, Accelerator, AcceleratorKind, Event, EventAction, LinkImpairment, LinkRef,
     MonitorMode, Scenario, Target, Variant, WORKLOAD_KINDS, Workload, WorkloadKind,
@@ -38,6 +40,7 @@ const RPS: &[&str] = &["kind", "node", "iface", "cpus"];
 const WEIGHT: RangeInclusive<u64> = 0..=accel::cpu_balance::MAX_WEIGHT as u64;
 const AFXDP: &[&str] = &["kind", "node", "iface", "ports"];
 const HTTP_FILTER: &[&str] = &["kind", "node", "iface", "mode", "policy"];
+const OFFLOADS: &[&str] = &["kind", "node", "iface", "tx", "tso", "gso", "gro"];
 const EVENT: &[&str] = &["at", "link", "set"];
 const COMMON: &[&str] = &[
     "kind",
@@ -496,6 +499,7 @@ fn read_accelerator(
         }
         "cpu_balance" => read_cpu_balance(fields, topo, node.as_ref(), sink)?,
         "rps" => read_rps(fields, topo, node.as_ref(), sink)?,
+        "offloads" => read_offloads(fields, topo, node.as_ref(), sink)?,
         "afxdp" => {
             let iface = fields
                 .get("iface")
@@ -778,6 +782,45 @@ fn cpu_weights(value: &Value, sink: &mut Sink) -> Option<Vec<(u32, u32)>> {
         return None;
     }
     ok.then_some(out)
+}
+
+/// `{ kind = "offloads", node, iface, tx, tso, gso, gro }`: at least one of the four.
+fn read_offloads(
+    mut fields: Fields<'_>,
+    topo: Option<&Topology>,
+    node: Option<&Spanned<String>>,
+    sink: &mut Sink,
+) -> Option<AcceleratorKind> {
+    let iface = accelerator_iface(&mut fields, topo, node, "offloads", sink);
+    let mut settings = Vec::new();
+    let mut ok = true;
+    for (key, offload) in [
+        ("tx", Offload::TxChecksum),
+        ("tso", Offload::Tso),
+        ("gso", Offload::Gso),
+        ("gro", Offload::Gro),
+    ] {
+        if let Some(value) = fields.get(key) {
+            match value::boolean(value, &format!("`{key}`"), sink) {
+                Some(on) => settings.push((offload, on)),
+                None => ok = false,
+            }
+        }
+    }
+    if ok && settings.is_empty() {
+        missing(
+            sink,
+            fields.span,
+            "offloads needs `tx`, `tso`, `gso` or `gro`",
+        )
+        .help("like `tso = false, gso = false` (wire-sized frames out of this interface)");
+        ok = false;
+    }
+    fields.finish(sink, "offloads", OFFLOADS, &[]);
+    ok.then_some(AcceleratorKind::Offloads {
+        iface: iface?,
+        settings,
+    })
 }
 
 /// `{ kind = "rps", node, iface, cpus }`.

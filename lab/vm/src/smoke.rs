@@ -368,6 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn every_accelerator_with_an_interface_is_in_the_matrix() {
+        let tests = SmokeTests::builtin().unwrap();
+        let names: Vec<&str> = tests.tests.iter().map(|t| t.name.as_str()).collect();
+        for name in ["monitor", "http_filter", "cpu_balance"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        let balance = tests
+            .tests
+            .iter()
+            .find(|t| t.name == "cpu_balance")
+            .unwrap();
+        let min = balance.min_kernel.as_ref().unwrap();
+        assert!(min.excludes("5.4.0").is_some() && min.excludes("5.10.0-46-amd64").is_none());
+        assert!(
+            balance
+                .steps
+                .iter()
+                .any(|s| s.run.iter().any(|w| w == "weights")),
+            "the live weight change is smoke-tested"
+        );
+    }
+
+    #[test]
     fn positive_checks_pass_on_counts_and_fail_on_zero_or_missing() {
         assert_eq!(
             step(&["total.xdp_frames", "per_cpu.1.netif_receive_skb"], &[])

@@ -7,19 +7,25 @@ pub mod pcap;
 pub mod policy;
 pub mod reference;
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
+        Array, Map, MapData, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
 };
 use ebpf_common::http_filter::{
-    COUNTERS_MAP, Counters, FLOOR_PROGRAM, MAX_RULES, NO_RULE, PATH_MAX, PATHS_MAP, PORTS_MAP,
-    PROGRAM, PathKey, PathRule, PortPolicy, RULE_HITS_MAP, RULE_NAME_MAX, RULE_NAMES_MAP, RuleName,
+    COUNTERS_MAP, Counters, FLOOR_PROGRAM, MAX_PORTS, MAX_RULES, PATH_MAX, PATHS_MAP,
+    PORT_POLICY_SLOTS, PORT_SLOTS_MAP, PORTS_MAP, PROGRAM, PathKey, PathRule, PortPolicy,
+    RULE_NAME_MAX, RULE_NAMES_MAP, RuleName, VERDICT_ALLOW, VERDICT_DROP, VERDICT_MALFORMED,
+    VERDICT_MONITOR, VERDICT_REQUEST,
 };
 use serde::Serialize;
 
@@ -40,17 +46,32 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ht
 
 /// Pin file names inside an attachment directory.
 const LINK_PIN: &str = "xdp_link";
+const PORT_SLOTS_PIN: &str = "port_slots";
 const PORTS_PIN: &str = "ports";
 const PATHS_PIN: &str = "paths";
-const RULE_HITS_PIN: &str = "rule_hits";
 const RULE_NAMES_PIN: &str = "rule_names";
 const COUNTERS_PIN: &str = "counters";
 
+const MAP_NAMES: [&str; 5] = [
+    PORT_SLOTS_MAP,
+    PORTS_MAP,
+    PATHS_MAP,
+    RULE_NAMES_MAP,
+    COUNTERS_MAP,
+];
+const MAP_PINS: [&str; 5] = [
+    PORT_SLOTS_PIN,
+    PORTS_PIN,
+    PATHS_PIN,
+    RULE_NAMES_PIN,
+    COUNTERS_PIN,
+];
+
 /// The filter's maps, owned (taken from a loaded object) or opened from pins.
 struct Maps {
-    ports: HashMap<MapData, u16, PortPolicy>,
+    port_slots: Array<MapData, u32>,
+    ports: Array<MapData, PortPolicy>,
     paths: LpmTrie<MapData, PathKey, PathRule>,
-    hits: PerCpuArray<MapData, u64>,
     names: Array<MapData, RuleName>,
     counters: PerCpuArray<MapData, Counters>,
 }
@@ -64,45 +85,22 @@ impl std::fmt::Debug for Maps {
 impl Maps {
     /// Takes the maps out of a loaded object (the program keeps using them).
     fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name| object::take_map(ebpf, ACCELERATOR, name);
-        Self::typed(
-            [
-                take(PORTS_MAP)?,
-                take(PATHS_MAP)?,
-                take(RULE_HITS_MAP)?,
-                take(RULE_NAMES_MAP)?,
-                take(COUNTERS_MAP)?,
-            ],
-            |i| {
-                [
-                    PORTS_MAP,
-                    PATHS_MAP,
-                    RULE_HITS_MAP,
-                    RULE_NAMES_MAP,
-                    COUNTERS_MAP,
-                ][i]
-                    .to_owned()
-            },
-        )
+        let mut take = |i: usize| object::take_map(ebpf, ACCELERATOR, MAP_NAMES[i]);
+        Self::typed([take(0)?, take(1)?, take(2)?, take(3)?, take(4)?], |i| {
+            MAP_NAMES[i].to_owned()
+        })
     }
 
     /// Opens the maps pinned in `dir`.
     fn open(dir: &Path) -> Result<Self> {
-        let files = [
-            PORTS_PIN,
-            PATHS_PIN,
-            RULE_HITS_PIN,
-            RULE_NAMES_PIN,
-            COUNTERS_PIN,
-        ];
-        let path = |i: usize| dir.join(files[i]);
-        let [ports, paths, hits, names, counters] =
+        let path = |i: usize| dir.join(MAP_PINS[i]);
+        let [port_slots, ports, paths, names, counters] =
             [0, 1, 2, 3, 4].map(|i| object::pinned_map(&path(i)));
         Self::typed(
             [
-                Map::HashMap(ports?),
+                Map::Array(port_slots?),
+                Map::Array(ports?),
                 Map::LpmTrie(paths?),
-                Map::PerCpuArray(hits?),
                 Map::Array(names?),
                 Map::PerCpuArray(counters?),
             ],
@@ -111,11 +109,11 @@ impl Maps {
     }
 
     fn typed(maps: [Map; 5], name: impl Fn(usize) -> String) -> Result<Self> {
-        let [ports, paths, hits, names, counters] = maps;
+        let [port_slots, ports, paths, names, counters] = maps;
         Ok(Self {
-            ports: HashMap::try_from(ports).map_err(map_error(&name(0)))?,
-            paths: LpmTrie::try_from(paths).map_err(map_error(&name(1)))?,
-            hits: PerCpuArray::try_from(hits).map_err(map_error(&name(2)))?,
+            port_slots: Array::try_from(port_slots).map_err(map_error(&name(0)))?,
+            ports: Array::try_from(ports).map_err(map_error(&name(1)))?,
+            paths: LpmTrie::try_from(paths).map_err(map_error(&name(2)))?,
             names: Array::try_from(names).map_err(map_error(&name(3)))?,
             counters: PerCpuArray::try_from(counters).map_err(map_error(&name(4)))?,
         })
@@ -127,18 +125,43 @@ impl Maps {
             let path = dir.join(file);
             result.map_err(|e| pin_error(&path)(e.into()))
         };
+        pin(
+            self.port_slots.pin(dir.join(PORT_SLOTS_PIN)),
+            PORT_SLOTS_PIN,
+        )?;
         pin(self.ports.pin(dir.join(PORTS_PIN)), PORTS_PIN)?;
         pin(self.paths.pin(dir.join(PATHS_PIN)), PATHS_PIN)?;
-        pin(self.hits.pin(dir.join(RULE_HITS_PIN)), RULE_HITS_PIN)?;
         pin(self.names.pin(dir.join(RULE_NAMES_PIN)), RULE_NAMES_PIN)?;
         pin(self.counters.pin(dir.join(COUNTERS_PIN)), COUNTERS_PIN)
     }
 
-    /// Replaces the policy in place: hit counters of the new rule ids are zeroed, the new
-    /// entries written, then stale ones removed. Each map entry changes atomically; during the
+    /// The ports of the policy in force and their slots: the entries whose port points back
+    /// at them.
+    fn current_ports(&self) -> Result<BTreeMap<u16, u32>> {
+        let mut current = BTreeMap::new();
+        for slot in 1..PORT_POLICY_SLOTS {
+            let entry = self.ports.get(&slot, 0).map_err(map_error(PORTS_MAP))?;
+            let Ok(port) = u16::try_from(entry.port) else {
+                continue;
+            };
+            if port != 0
+                && self
+                    .port_slots
+                    .get(&entry.port, 0)
+                    .map_err(map_error(PORT_SLOTS_MAP))?
+                    == slot
+            {
+                current.insert(port, slot);
+            }
+        }
+        Ok(current)
+    }
+
+    /// Replaces the policy in place: rule hit counters restart, new trie entries are added,
+    /// the new port entries are written into free slots and the ports pointed at them, then
+    /// stale ports and trie entries are removed. Each step changes whole entries; during the
     /// swap a packet may see a mix of old and new entries, never a half-written one.
     fn set_policy(&mut self, policy: &Policy) -> Result<()> {
-        let cpus = nr_cpus()?;
         let old_rules = self.rule_names()?.len();
         for id in 0..MAX_RULES {
             let name = match policy.rule(id) {
@@ -146,35 +169,56 @@ impl Maps {
                 None if (id as usize) < old_rules => unused_name(),
                 None => break,
             };
-            let zero =
-                PerCpuValues::try_from(vec![0u64; cpus]).map_err(Error::io(POSSIBLE_CPUS))?;
-            self.hits
-                .set(id, zero, 0)
-                .map_err(map_error(RULE_HITS_MAP))?;
             self.names
                 .set(id, name, 0)
                 .map_err(map_error(RULE_NAMES_MAP))?;
         }
-
-        for (port, entry) in policy.ports() {
-            self.ports
-                .insert(port, entry, 0)
-                .map_err(map_error(PORTS_MAP))?;
+        let mut counters = self.counters_per_cpu()?;
+        for c in &mut counters {
+            c.rule_hits = [0; MAX_RULES as usize];
         }
+        let counters = PerCpuValues::try_from(counters).map_err(Error::io(POSSIBLE_CPUS))?;
+        self.counters
+            .set(0, counters, 0)
+            .map_err(map_error(COUNTERS_MAP))?;
+
         for ((port, prefix), entry) in policy.paths() {
             self.paths
                 .insert(&path_key(*port, prefix), entry, 0)
                 .map_err(map_error(PATHS_MAP))?;
         }
 
-        let stale_ports: Vec<u16> = self
-            .ports
-            .keys()
-            .filter_map(|k| k.ok().filter(|p| !policy.ports().contains_key(p)))
-            .collect();
-        for port in stale_ports {
-            self.ports.remove(&port).map_err(map_error(PORTS_MAP))?;
+        let current = self.current_ports()?;
+        let taken: BTreeSet<u32> = current.values().copied().collect();
+        let mut free = (1..PORT_POLICY_SLOTS).filter(|slot| !taken.contains(slot));
+        let mut slots = Vec::new();
+        for (&port, entry) in policy.ports() {
+            // A policy has at most MAX_PORTS ports, so does the one in force: half the slots
+            // are free.
+            let slot = free.next().ok_or_else(|| Error::Config {
+                accelerator: ACCELERATOR,
+                message: format!("no free port slot for a policy of at most {MAX_PORTS} ports"),
+            })?;
+            let entry = PortPolicy {
+                port: u32::from(port),
+                ..*entry
+            };
+            self.ports
+                .set(slot, entry, 0)
+                .map_err(map_error(PORTS_MAP))?;
+            slots.push((port, slot));
         }
+        for (port, slot) in slots {
+            self.port_slots
+                .set(u32::from(port), slot, 0)
+                .map_err(map_error(PORT_SLOTS_MAP))?;
+        }
+        for port in current.keys().filter(|p| !policy.ports().contains_key(p)) {
+            self.port_slots
+                .set(u32::from(*port), 0, 0)
+                .map_err(map_error(PORT_SLOTS_MAP))?;
+        }
+
         let wanted: BTreeSet<(u32, PathKey)> = policy
             .paths()
             .keys()
@@ -220,8 +264,8 @@ impl Maps {
     }
 
     fn stats(&self, iface: &str) -> Result<Stats> {
-        let per_cpu = self
-            .counters_per_cpu()?
+        let counters = self.counters_per_cpu()?;
+        let per_cpu = counters
             .iter()
             .enumerate()
             .map(|(cpu, c)| CpuStats {
@@ -234,19 +278,15 @@ impl Maps {
             .into_iter()
             .enumerate()
             .map(|(id, name)| {
-                let per_cpu = self
-                    .hits
-                    .get(&(id as u32), 0)
-                    .map_err(map_error(RULE_HITS_MAP))?
-                    .to_vec();
-                Ok(RuleStats {
+                let per_cpu: Vec<u64> = counters.iter().map(|c| c.rule_hits[id]).collect();
+                RuleStats {
                     id: id as u32,
                     name,
                     hits: per_cpu.iter().sum(),
                     per_cpu,
-                })
+                }
             })
-            .collect::<Result<_>>()?;
+            .collect();
         Ok(Stats {
             iface: iface.to_owned(),
             per_cpu,
@@ -257,13 +297,6 @@ impl Maps {
 
 /// Where the kernel lists the possible CPUs: one per-CPU map slot each.
 const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
-
-fn nr_cpus() -> Result<usize> {
-    aya::util::nr_cpus().map_err(|(path, source)| Error::Io {
-        path: path.into(),
-        source,
-    })
-}
 
 /// The trie key of `prefix` on `port`: the port's 16 bits plus 8 per prefix byte.
 fn path_key(port: u16, prefix: &[u8]) -> Key<PathKey> {
@@ -313,13 +346,18 @@ pub struct Totals {
 
 impl From<&Counters> for Totals {
     fn from(c: &Counters) -> Self {
+        let v = |code: u32| c.verdicts[code as usize];
+        let packets = c.verdicts.iter().sum();
         Self {
-            packets: c.packets,
-            http_requests: c.http_requests,
-            dropped: c.dropped,
-            passed: c.passed,
-            monitored: c.monitored,
-            parse_failures: c.parse_failures,
+            packets,
+            http_requests: v(VERDICT_REQUEST)
+                + v(VERDICT_ALLOW)
+                + v(VERDICT_MONITOR)
+                + v(VERDICT_DROP),
+            dropped: v(VERDICT_DROP),
+            passed: packets - v(VERDICT_DROP),
+            monitored: v(VERDICT_MONITOR),
+            parse_failures: v(VERDICT_MALFORMED),
         }
     }
 }
@@ -555,9 +593,11 @@ impl TestRunner {
         Ok(Self { ebpf, maps, last })
     }
 
-    /// Replaces the policy.
+    /// Replaces the policy (rule hit counters restart).
     pub fn set_policy(&mut self, policy: &Policy) -> Result<()> {
-        self.maps.set_policy(policy)
+        self.maps.set_policy(policy)?;
+        self.last = self.maps.counters_per_cpu()?;
+        Ok(())
     }
 
     /// Runs the filter once on `frame`. The kernel refuses frames shorter than an Ethernet
@@ -565,24 +605,44 @@ impl TestRunner {
     pub fn run(&mut self, frame: &[u8]) -> Result<KernelVerdict> {
         let action = self.test_run(PROGRAM, frame, 1)?.return_value;
         let now = self.maps.counters_per_cpu()?;
-        // The run happened on the one CPU whose packet count moved.
+        // The run happened on the one CPU whose counters moved: the verdict and the rule are
+        // the ones counted.
+        let moved = |now: &[u64], last: &[u64]| -> Vec<usize> {
+            (0..now.len()).filter(|&i| now[i] != last[i]).collect()
+        };
         let ran = now
             .iter()
             .zip(&self.last)
-            .find(|(n, l)| n.packets != l.packets)
-            .map(|(n, _)| *n);
+            .map(|(n, l)| {
+                (
+                    moved(&n.verdicts, &l.verdicts),
+                    moved(&n.rule_hits, &l.rule_hits),
+                )
+            })
+            .find(|(verdicts, _)| !verdicts.is_empty());
         self.last = now;
-        let ran = ran.ok_or_else(|| {
-            Error::TestRun(format!("no CPU's packet count in {COUNTERS_MAP} moved"))
+        let (verdicts, rules) = ran.ok_or_else(|| {
+            Error::TestRun(format!("no CPU's verdict counts in {COUNTERS_MAP} moved"))
         })?;
-        let verdict = Verdict::from_code(ran.last_verdict)
-            .ok_or_else(|| Error::TestRun(format!("unknown verdict code {}", ran.last_verdict)))?;
+        let (&[code], rules) = (verdicts.as_slice(), rules.as_slice()) else {
+            return Err(Error::TestRun(format!(
+                "verdicts {verdicts:?} counted for one frame"
+            )));
+        };
+        let verdict = Verdict::from_code(code as u32)
+            .ok_or_else(|| Error::TestRun(format!("unknown verdict code {code}")))?;
+        let rule = match rules {
+            [] => None,
+            [id] => Some(*id as u32),
+            more => {
+                return Err(Error::TestRun(format!(
+                    "rules {more:?} counted for one frame"
+                )));
+            }
+        };
         Ok(KernelVerdict {
             action,
-            classification: Classification {
-                verdict,
-                rule: (ran.last_rule != NO_RULE).then_some(ran.last_rule),
-            },
+            classification: Classification { verdict, rule },
         })
     }
 

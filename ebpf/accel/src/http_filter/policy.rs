@@ -209,6 +209,7 @@ impl Policy {
                     allowed_methods: allowed,
                     method_action: table.method_action.code(),
                     method_rule: id,
+                    ..PortPolicy::default()
                 };
                 if policy.ports.insert(port, entry).is_some() {
                     return Err(format!(
@@ -278,6 +279,15 @@ impl Policy {
                 action: table.action,
             });
         }
+        for (&port, entry) in &mut policy.ports {
+            entry.set_prefixes(
+                policy
+                    .paths
+                    .iter()
+                    .filter(move |((p, _), _)| *p == port)
+                    .map(|((_, prefix), rule)| (prefix.as_slice(), rule.rule, rule.action)),
+            );
+        }
         Ok(policy)
     }
 
@@ -325,7 +335,9 @@ fn check_ports(ports: &[u16], place: &Place<'_>) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use ebpf_common::http_filter::{METHOD_GET, METHOD_HEAD};
+    use ebpf_common::http_filter::{
+        LOOKUP_NONE, LOOKUP_SHORT, LOOKUP_TRIE, METHOD_GET, METHOD_HEAD, NO_RULE, pack_le,
+    };
 
     use super::*;
 
@@ -357,14 +369,22 @@ action = "allow"
         let policy = Policy::parse(GOOD).unwrap();
         let names: Vec<&str> = policy.rules().iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["web", "methods:9000", "admin", "admin-public"]);
+        let web = policy.ports()[&8080];
         assert_eq!(
-            policy.ports()[&8080],
-            PortPolicy {
-                allowed_methods: METHOD_GET | METHOD_HEAD,
-                method_action: ACTION_DROP,
-                method_rule: 0
-            }
+            (web.allowed_methods, web.method_action, web.method_rule),
+            (METHOD_GET | METHOD_HEAD, ACTION_DROP, 0)
         );
+        // Prefix lookups: 8080 has "/admin" only (short), 80 also "/admin/public" (trie);
+        // no empty prefix; 9000 has no prefix.
+        let (web80, web8080) = (policy.ports()[&80], policy.ports()[&8080]);
+        assert_eq!((web80.lookup, web80.default_rule), (LOOKUP_TRIE, NO_RULE));
+        assert_eq!((web80.head_len, web80.max_prefix_len), (6, 13));
+        assert_eq!((web8080.lookup, web8080.short_count), (LOOKUP_SHORT, 1));
+        assert_eq!(
+            (web8080.short[0].value, web8080.short[0].rule),
+            (pack_le(b"/admin"), 2)
+        );
+        assert_eq!(policy.ports()[&9000].lookup, LOOKUP_NONE);
         assert_eq!(policy.ports()[&9000].allowed_methods, METHOD_ALL);
         assert_eq!(policy.ports()[&9000].method_action, ACTION_MONITOR);
         assert_eq!(policy.paths().len(), 3);

@@ -18,6 +18,11 @@ ports = [9000]
 allowed_methods = ["GET", "OTHER"]
 method_action = "monitor"
 
+[[ports]]
+name = "short"
+ports = [8000]
+allowed_methods = ["GET", "POST"]
+
 [[paths]]
 name = "admin"
 ports = [80, 8080]
@@ -45,6 +50,31 @@ action = "monitor"
 [[paths]]
 name = "everything-9000"
 ports = [9000]
+prefix = ""
+action = "allow"
+
+# Port 8000 has few prefixes of at most 8 bytes: matched without the trie.
+[[paths]]
+name = "short-a"
+ports = [8000]
+prefix = "/a"
+action = "monitor"
+
+[[paths]]
+name = "short-admin"
+ports = [8000]
+prefix = "/admin"
+action = "allow"
+
+[[paths]]
+name = "short-api"
+ports = [8000]
+prefix = "/api/"
+action = "drop"
+
+[[paths]]
+name = "short-rest"
+ports = [8000]
 prefix = ""
 action = "allow"
 "#;
