@@ -16,6 +16,7 @@ pub mod monitor;
 mod object;
 pub mod pin;
 pub mod sock_redirect;
+pub mod udp_gen;
 
 pub use error::Error;
 pub use object::AttachMode;
