@@ -104,6 +104,9 @@ struct AfxdpRun {
     /// Bind in copy mode without trying zero-copy first.
     #[arg(long)]
     copy: bool,
+    /// CPUs for the queue threads, round robin by queue (comma-separated; default: any).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
     /// Print the counters every this many seconds (0: only at the end).
     #[arg(long, default_value_t = 0)]
     interval: u64,
@@ -356,6 +359,7 @@ fn afxdp_command(command: AfxdpCommand) -> anyhow::Result<()> {
     let mut config = afxdp::Config::new(&run.ports, mode)?;
     config.attach = run.mode;
     config.zero_copy = !run.copy;
+    config.cpus = run.cpus;
     catch_stop_signals()?;
     let iface = &run.target.iface;
     let fast_path = afxdp::AfXdp::start(iface, &config)?;

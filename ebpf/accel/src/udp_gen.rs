@@ -25,11 +25,10 @@ use aya::{
     },
     util::KernelVersion,
 };
+pub use ebpf_common::udp_gen::{BUCKETS, bucket_low, latency_bucket};
 use ebpf_common::udp_gen::{
-    BUCKETS, COUNTER, ECHOES_MAP, EchoFlow, Echoes, FLOW_MAP, FRAME_MAP, FrameLayout, GENERATOR,
-    STAMP,
+    COUNTER, ECHOES_MAP, EchoFlow, Echoes, FLOW_MAP, FRAME_MAP, FrameLayout, GENERATOR, STAMP,
 };
-pub use ebpf_common::udp_gen::{bucket_low, latency_bucket};
 
 use crate::{
     Error, Result,

@@ -84,6 +84,9 @@ pub struct Config {
     pub attach: AttachMode,
     /// Try zero-copy before copy mode.
     pub zero_copy: bool,
+    /// CPUs the queue threads run on, round robin by queue (empty: wherever the scheduler
+    /// puts them).
+    pub cpus: Vec<usize>,
 }
 
 /// Echo or forward.
@@ -132,6 +135,7 @@ impl Config {
             mode,
             attach: AttachMode::Auto,
             zero_copy: true,
+            cpus: Vec::new(),
         })
     }
 }
@@ -188,6 +192,8 @@ struct QueueCounters {
     kernel_rx_ring_full: AtomicU64,
     kernel_fill_ring_empty: AtomicU64,
     kernel_invalid_descs: AtomicU64,
+    /// The thread's CPU time, last read.
+    cpu_ns: AtomicU64,
 }
 
 /// One queue's socket and counters.
@@ -223,6 +229,9 @@ pub struct QueueStats {
     pub kernel_fill_ring_empty: u64,
     /// Kernel: invalid RX and TX descriptors.
     pub kernel_invalid_descs: u64,
+    /// CPU time of the queue's thread so far, in ns (its system time includes the sends:
+    /// in copy mode the kernel transmits from the `sendto` wake-up).
+    pub cpu_ns: u64,
 }
 
 impl QueueCounters {
@@ -247,6 +256,7 @@ impl QueueCounters {
             kernel_rx_ring_full: self.kernel_rx_ring_full.load(Relaxed),
             kernel_fill_ring_empty: self.kernel_fill_ring_empty.load(Relaxed),
             kernel_invalid_descs: self.kernel_invalid_descs.load(Relaxed),
+            cpu_ns: self.cpu_ns.load(Relaxed),
         }
     }
 }
@@ -296,6 +306,7 @@ impl Stats {
             t.kernel_rx_ring_full += q.kernel_rx_ring_full;
             t.kernel_fill_ring_empty += q.kernel_fill_ring_empty;
             t.kernel_invalid_descs += q.kernel_invalid_descs;
+            t.cpu_ns += q.cpu_ns;
         }
         t
     }
@@ -306,6 +317,8 @@ impl Stats {
 struct Worker {
     queue: u32,
     zero_copy: bool,
+    /// The thread's kernel id (its CPU time is read from procfs).
+    tid: u32,
     counters: Arc<QueueCounters>,
     thread: JoinHandle<Result<()>>,
 }
@@ -370,15 +383,18 @@ impl AfXdp {
             let (ready_tx, ready_rx) = mpsc::channel();
             let counters = Arc::new(QueueCounters::default());
             let (c, s) = (counters.clone(), stop.clone());
+            let cpu =
+                (!config.cpus.is_empty()).then(|| config.cpus[queue as usize % config.cpus.len()]);
             let thread = thread::Builder::new()
                 .name(format!("afxdp-q{queue}"))
-                .spawn(move || run_queue(ifindex, queue, zero_copy, rewrite, &c, &s, ready_tx))
+                .spawn(move || run_queue(ifindex, queue, zero_copy, cpu, rewrite, &c, &s, ready_tx))
                 .map_err(Error::io(format!("spawn the thread of queue {queue}")))?;
             match ready_rx.recv() {
-                Ok((fd, zero_copy)) => {
+                Ok((fd, zero_copy, tid)) => {
                     this.workers.push(Worker {
                         queue,
                         zero_copy,
+                        tid,
                         counters,
                         thread,
                     });
@@ -450,7 +466,13 @@ impl AfXdp {
             queues: self
                 .workers
                 .iter()
-                .map(|w| w.counters.snapshot(w.queue, w.zero_copy))
+                .map(|w| {
+                    // A thread that has ended left its final CPU time in its counters.
+                    if let Some(ns) = thread_cpu_ns(w.tid) {
+                        w.counters.cpu_ns.fetch_max(ns, Relaxed);
+                    }
+                    w.counters.snapshot(w.queue, w.zero_copy)
+                })
                 .collect(),
         })
     }
@@ -740,26 +762,59 @@ impl Queue {
     }
 }
 
-/// A queue thread: opens the socket, reports (fd, zero-copy) on `ready`, then moves frames
-/// until `stop`.
+/// A queue thread: pins itself to `cpu`, opens the socket, reports (fd, zero-copy, thread id)
+/// on `ready`, then moves frames until `stop`.
+#[allow(clippy::too_many_arguments)]
 fn run_queue(
     ifindex: u32,
     queue: u32,
     zero_copy: bool,
+    cpu: Option<usize>,
     rewrite: Rewrite,
     counters: &QueueCounters,
     stop: &AtomicBool,
-    ready: mpsc::Sender<(RawFd, bool)>,
+    ready: mpsc::Sender<(RawFd, bool, u32)>,
 ) -> Result<()> {
+    if let Some(cpu) = cpu {
+        pin_to(cpu).map_err(Error::io(format!(
+            "pin the thread of queue {queue} to CPU {cpu}"
+        )))?;
+    }
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
     let mut q = Queue::open(ifindex, queue, zero_copy)?;
     // Frames must be on the fill ring before the socket enters the XSKMAP, or the first
     // datagrams find none and are dropped.
     q.refill(counters);
-    if ready.send((q.fd(), q.zero_copy)).is_err() {
+    if ready.send((q.fd(), q.zero_copy, tid)).is_err() {
         return Ok(());
     }
     drop(ready);
-    q.serve(rewrite, counters, stop)
+    let served = q.serve(rewrite, counters, stop);
+    if let Some(ns) = thread_cpu_ns(tid) {
+        counters.cpu_ns.fetch_max(ns, Relaxed);
+    }
+    served
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    if cpu >= rustix::thread::CpuSet::MAX_CPU {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
+}
+
+/// CPU time of thread `tid` of this process in ns (`/proc/self/task/TID/schedstat`), or
+/// `None` once it has ended.
+fn thread_cpu_ns(tid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Queue {
