@@ -13,6 +13,7 @@ mod error;
 pub mod http_filter;
 pub mod kernel_btf;
 pub mod monitor;
+pub mod netdev;
 mod object;
 pub mod pin;
 pub mod sock_redirect;

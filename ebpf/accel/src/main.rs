@@ -110,6 +110,9 @@ struct AfxdpRun {
     /// Print the counters every this many seconds (0: only at the end).
     #[arg(long, default_value_t = 0)]
     interval: u64,
+    /// Stop by itself after this many seconds (0: only on SIGINT or SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
     /// Counters as one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -382,7 +385,11 @@ fn afxdp_command(command: AfxdpCommand) -> anyhow::Result<()> {
     io::stdout().flush()?;
     let interval = std::time::Duration::from_secs(run.interval);
     let mut last = std::time::Instant::now();
-    while !SIGNALLED.load(Ordering::Relaxed) && !fast_path.failed() {
+    let end = (run.duration > 0).then(|| last + std::time::Duration::from_secs(run.duration));
+    while !SIGNALLED.load(Ordering::Relaxed)
+        && !fast_path.failed()
+        && end.is_none_or(|end| std::time::Instant::now() < end)
+    {
         std::thread::sleep(std::time::Duration::from_millis(50));
         if run.interval > 0 && last.elapsed() >= interval {
             last = std::time::Instant::now();
