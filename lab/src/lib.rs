@@ -4,6 +4,7 @@ pub mod apply;
 pub mod deploy;
 pub mod images;
 pub mod measure;
+pub mod napi;
 pub mod node;
 pub mod report;
 mod rng;

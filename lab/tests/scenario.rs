@@ -5,7 +5,7 @@ use std::path::Path;
 
 use accel::ethtool::Offload;
 use lab::scenario::{
-    self, AcceleratorKind, EventAction, MonitorMode, Service, WorkloadKind, parse,
+    self, AcceleratorKind, EventAction, Generator, MonitorMode, Service, WorkloadKind, parse,
 };
 use lab::topology::{Nanos, Severity};
 
@@ -352,12 +352,14 @@ fn shipped_afxdp_scenario_compares_the_socket_echo_with_afxdp() {
     assert!(s.variants[0].accelerators.is_empty());
     match &s.variants[1].accelerators[..] {
         [a] => match &a.kind {
-            AcceleratorKind::Afxdp { iface, ports } => {
+            AcceleratorKind::Afxdp { iface, ports, cpus } => {
                 assert_eq!(
                     (a.node.value.as_str(), iface.value.as_str()),
                     ("server", "eth0")
                 );
                 assert_eq!(ports, &[7777]);
+                // The queue thread shares the echo server's CPU.
+                assert_eq!(cpus, &s.workloads[0].to_cpus);
             }
             other => panic!("{other:?}"),
         },
@@ -365,9 +367,40 @@ fn shipped_afxdp_scenario_compares_the_socket_echo_with_afxdp() {
     }
     assert!(matches!(
         s.workloads[0].kind,
-        WorkloadKind::UdpEcho { size: 64, .. }
+        WorkloadKind::UdpEcho {
+            size: 64,
+            generator: Generator::Xdp,
+            ..
+        }
     ));
     assert_eq!(s.workloads[0].to.addr.port(), 7777);
+    assert_eq!(s.workloads[0].from_cpus, [0]);
+    assert_eq!(s.workloads[0].to_cpus, [1]);
+}
+
+#[test]
+fn udp_echo_generators_and_afxdp_cpus_are_checked() {
+    let text = format!(
+        "name = \"s\"{TOPOLOGY}[[variants]]\nname = \"off\"\n\
+         accelerators = [{{ kind = \"afxdp\", node = \"b\", iface = \"eth0\", ports = [7], cpus = [1, 1] }}]\n\
+         [[workloads]]\nkind = \"udp_echo\"\nfrom = \"a\"\nto = \"b:7\"\ngenerator = \"pktgen\"\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "s.toml:5:87 scenario::duplicate_cpu: CPU 1 is listed twice in `cpus`",
+            "s.toml:10:13 scenario::bad_generator: unknown udp_echo generator `pktgen`",
+        ]
+    );
+    let text = text.replace("pktgen", "socket").replace("[1, 1]", "[1]");
+    let s = parse("s.toml", &text, Path::new(".")).unwrap().scenario;
+    assert!(matches!(
+        s.workloads[0].kind,
+        WorkloadKind::UdpEcho {
+            generator: Generator::Socket,
+            ..
+        }
+    ));
 }
 
 #[test]

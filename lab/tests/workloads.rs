@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lab::workloads::{Site, Stop, TcpRr, TcpStream, UdpEcho, tcp_rr, tcp_stream, udp_echo};
+use lab::workloads::{
+    Generator, Site, Stop, TcpRr, TcpStream, UdpEcho, tcp_rr, tcp_stream, udp_echo,
+};
 use testkit::NetNs;
 
 /// Two namespaces joined by a veth: the client has 10.9.0.1, the server 10.9.0.2.
@@ -103,6 +105,7 @@ fn udp_echo_gets_every_echo_on_a_clean_link() {
     let pair = Pair::new();
     let (server, client) = pair.sites();
     let config = UdpEcho {
+        generator: Generator::Socket,
         addr: addr(7004),
         pps: 20_000,
         size: 200,
@@ -127,7 +130,70 @@ fn udp_echo_counts_losses() {
     assert!(tc.unwrap().unwrap().success());
     let (server, client) = pair.sites();
     let config = UdpEcho {
+        generator: Generator::Socket,
         addr: addr(7005),
+        pps: 10_000,
+        size: 64,
+        stop: Stop::Count(1_000),
+    };
+    let result = udp_echo(&server, &client, &config).unwrap();
+    assert_eq!(result.sent, 1_000);
+    assert!(result.lost() > 0, "{result:?}");
+    assert!(result.received < 1_000);
+}
+
+/// `ethtool -k` flags and the `threaded` knob of `iface` in `ns`, as text.
+fn link_settings(ns: &NetNs, iface: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sh", "-c"])
+        .arg(format!(
+            "ethtool -k {iface} | grep -E '^(generic-receive-offload|tcp-segmentation-offload):'; \
+             cat /sys/class/net/{iface}/threaded"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn udp_echo_xdp_gets_every_echo_measures_the_server_and_restores_the_link() {
+    let pair = Pair::new();
+    let before = link_settings(&pair.server, "eth0");
+    let (server, client) = pair.sites();
+    let config = UdpEcho {
+        generator: Generator::Xdp,
+        addr: addr(7009),
+        pps: 20_000,
+        size: 200,
+        stop: Stop::Count(2_000),
+    };
+    let result = udp_echo(&server, &client, &config).unwrap();
+    assert_eq!(result.sent, 2_000);
+    assert_eq!(result.received, 2_000);
+    assert_eq!(result.latency.len(), 2_000);
+    assert!(result.latency.min() > 0);
+    // The echo thread and the NAPI thread that received for it ran.
+    let cpu = result
+        .server_cpu
+        .expect("the server side's CPU is measured");
+    assert!(cpu > Duration::ZERO, "{cpu:?}");
+    assert_eq!(link_settings(&pair.server, "eth0"), before);
+}
+
+#[test]
+fn udp_echo_xdp_counts_losses() {
+    let pair = Pair::new();
+    let tc = pair.server.run(|| {
+        std::process::Command::new("tc")
+            .args("qdisc add dev eth0 root tbf rate 1mbit burst 2kb limit 2kb".split(' '))
+            .status()
+    });
+    assert!(tc.unwrap().unwrap().success());
+    let (server, client) = pair.sites();
+    let config = UdpEcho {
+        generator: Generator::Xdp,
+        addr: addr(7010),
         pps: 10_000,
         size: 64,
         stop: Stop::Count(1_000),
@@ -182,6 +248,7 @@ fn a_cpu_out_of_range_is_an_error() {
     let (server, mut client) = pair.sites();
     client.cpus = vec![100_000];
     let config = UdpEcho {
+        generator: Generator::Socket,
         addr: addr(7008),
         pps: 10,
         size: 16,

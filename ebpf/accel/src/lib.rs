@@ -14,9 +14,11 @@ pub mod ethtool;
 pub mod http_filter;
 pub mod kernel_btf;
 pub mod monitor;
+pub mod netdev;
 mod object;
 pub mod pin;
 pub mod sock_redirect;
+pub mod udp_gen;
 pub mod xdp_bench;
 
 pub use error::Error;

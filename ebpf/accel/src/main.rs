@@ -105,9 +105,15 @@ struct AfxdpRun {
     /// Bind in copy mode without trying zero-copy first.
     #[arg(long)]
     copy: bool,
+    /// CPUs for the queue threads, round robin by queue (comma-separated; default: any).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
     /// Print the counters every this many seconds (0: only at the end).
     #[arg(long, default_value_t = 0)]
     interval: u64,
+    /// Stop by itself after this many seconds (0: only on SIGINT or SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
     /// Counters as one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
@@ -368,6 +374,7 @@ fn afxdp_command(command: AfxdpCommand) -> anyhow::Result<()> {
     let mut config = afxdp::Config::new(&run.ports, mode)?;
     config.attach = run.mode;
     config.zero_copy = !run.copy;
+    config.cpus = run.cpus;
     catch_stop_signals()?;
     let iface = &run.target.iface;
     let fast_path = afxdp::AfXdp::start(iface, &config)?;
@@ -390,7 +397,11 @@ fn afxdp_command(command: AfxdpCommand) -> anyhow::Result<()> {
     io::stdout().flush()?;
     let interval = Duration::from_secs(run.interval);
     let mut last = std::time::Instant::now();
-    while !SIGNALLED.load(Ordering::Relaxed) && !fast_path.failed() {
+    let end = (run.duration > 0).then(|| last + Duration::from_secs(run.duration));
+    while !SIGNALLED.load(Ordering::Relaxed)
+        && !fast_path.failed()
+        && end.is_none_or(|end| std::time::Instant::now() < end)
+    {
         std::thread::sleep(Duration::from_millis(50));
         if run.interval > 0 && last.elapsed() >= interval {
             last = std::time::Instant::now();

@@ -453,3 +453,49 @@ fn cli_echoes_until_sigterm_then_reports_and_detaches() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cli_stops_after_its_duration_with_pinned_queue_threads() -> anyhow::Result<()> {
+    let lab = lab()?;
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["--netns", lab.server.name(), "afxdp", "echo", "--iface"])
+        .arg(&lab.s_if)
+        .args([
+            "--ports",
+            "7777",
+            "--cpus",
+            "0",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8(out.stdout)?;
+    let last = stdout.lines().last().context("no counters")?;
+    let json: serde_json::Value = serde_json::from_str(last)?;
+    // The queue thread ran (its CPU time is counted) and echoed nothing.
+    ensure!(
+        json["total"]["cpu_ns"].as_u64().is_some_and(|ns| ns > 0),
+        "{json}"
+    );
+    ensure!(json["total"]["rx_packets"] == 0, "{json}");
+    ensure!(!xdp_attached(&lab.server, &lab.s_if)?, "XDP left attached");
+    let bad = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["--netns", lab.server.name(), "afxdp", "echo", "--iface"])
+        .arg(&lab.s_if)
+        .args(["--ports", "7777", "--cpus", "100000", "--duration", "1"])
+        .output()?;
+    let message = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        !bad.status.success() && message.contains("CPU 100000"),
+        "{bad:?}"
+    );
+    Ok(())
+}

@@ -10,3 +10,4 @@ pub mod cpu_balance;
 pub mod http_filter;
 pub mod monitor;
 pub mod sock_redirect;
+pub mod udp_gen;

@@ -90,12 +90,22 @@ pub fn cpu_seconds_per_gb(cpu_seconds: f64, bytes: u64) -> Option<f64> {
 /// without IRQ time accounting (`CONFIG_IRQ_TIME_ACCOUNTING`, off in this project's kernels)
 /// that includes the softirq work (loopback and veth receive) done in its threads.
 pub fn process_cpu_time() -> io::Result<std::time::Duration> {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time of the calling thread so far (`CLOCK_THREAD_CPUTIME_ID`): its run time, including
+/// the softirq work done while it ran (this kernel has no IRQ time accounting to split it off).
+pub fn thread_cpu_time() -> io::Result<std::time::Duration> {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> io::Result<std::time::Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into `ts`, which lives across the call.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &raw mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(clock, &raw mut ts) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(std::time::Duration::new(
@@ -114,6 +124,22 @@ fn clock_ticks_per_second() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_cpu_time_counts_only_the_calling_thread() {
+        let before = thread_cpu_time().unwrap();
+        let other = std::thread::spawn(|| {
+            let start = thread_cpu_time().unwrap();
+            let mut x = 1u64;
+            while thread_cpu_time().unwrap() - start < std::time::Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+            x
+        });
+        other.join().unwrap();
+        let mine = thread_cpu_time().unwrap() - before;
+        assert!(mine < std::time::Duration::from_millis(30), "{mine:?}");
+    }
 
     #[test]
     fn process_cpu_time_counts_work_of_other_threads() {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-pub use cpu::{CpuTimes, busy_shares, cpu_seconds, cpu_seconds_per_gb, process_cpu_time};
+pub use cpu::{
+    CpuTimes, busy_shares, cpu_seconds, cpu_seconds_per_gb, process_cpu_time, thread_cpu_time,
+};
 pub use stats::{RatioCi, jain, mean, ratio_ci};
 pub use tcp::TcpCounters;
 

@@ -268,16 +268,7 @@ impl<'a> Lab<'a> {
             metrics.insert("tcp_ofo_segs".to_owned(), counts.out_of_order as f64);
             metrics.insert("tcp_reorder_events".to_owned(), counts.reordering as f64);
         }
-        let echoes: u64 = outcomes
-            .iter()
-            .map(|ran| match &ran.outcome {
-                Outcome::Udp(u) => u.received,
-                _ => 0,
-            })
-            .sum();
-        if echoes > 0 {
-            metrics.insert("cpu_ns_per_echo".to_owned(), seconds * 1e9 / echoes as f64);
-        }
+        let (echoes, mut echo_cpu) = echo_totals(&outcomes);
         let (mut cpu_packets, mut cpu_softirq) = (Vec::new(), Vec::new());
         let mut first_monitor = true;
         let counters_after: Vec<Counters> = attached
@@ -331,7 +322,8 @@ impl<'a> Lab<'a> {
                     }
                 }
                 (Counters::Afxdp(before), Counters::Afxdp(after)) => {
-                    afxdp_metrics(label, before, &after, elapsed, &mut metrics);
+                    let cpu = afxdp_metrics(label, before, &after, elapsed, &mut metrics);
+                    echo_cpu = echo_cpu.map(|c| c + cpu);
                 }
                 (Counters::HttpFilter(before), Counters::HttpFilter(after)) => {
                     http_filter_metrics(label, before, &after, elapsed, &mut metrics);
@@ -339,6 +331,12 @@ impl<'a> Lab<'a> {
                 (Counters::None, Counters::None) => {}
                 _ => return Err(format!("{label}: its counters changed kind")),
             }
+        }
+        if let (Some(cpu), true) = (echo_cpu, echoes > 0) {
+            metrics.insert(
+                "cpu_ns_per_echo".to_owned(),
+                cpu.as_secs_f64() * 1e9 / echoes as f64,
+            );
         }
         drop(attached);
         let outcomes: Vec<Outcome> = outcomes.into_iter().map(|r| r.outcome).collect();
@@ -451,10 +449,11 @@ impl<'a> Lab<'a> {
                         handle: Handle::SockRedirect(redirect),
                     });
                 }
-                AcceleratorKind::Afxdp { iface, ports } => {
+                AcceleratorKind::Afxdp { iface, ports, cpus } => {
                     let [end, _] = self.link_of(variant, node, &iface.value)?;
-                    let config = afxdp::Config::new(ports, afxdp::Mode::Echo)
+                    let mut config = afxdp::Config::new(ports, afxdp::Mode::Echo)
                         .map_err(|e| attach_failed(variant, "afxdp", end, e))?;
+                    config.cpus.clone_from(cpus);
                     let afxdp = in_namespace(&end.ns, || AfXdp::start(&end.dev, &config))?
                         .map_err(|e| attach_failed(variant, "afxdp", end, e))?;
                     attached.push(Attached {
@@ -727,10 +726,15 @@ impl<'a> Lab<'a> {
                 },
             )
             .map(Outcome::Stream),
-            WorkloadKind::UdpEcho { pps, size } => workloads::udp_echo(
+            WorkloadKind::UdpEcho {
+                pps,
+                size,
+                generator,
+            } => workloads::udp_echo(
                 &server,
                 &client,
                 &UdpEcho {
+                    generator,
                     addr,
                     pps,
                     size,
@@ -864,6 +868,9 @@ fn workload_metrics(
         (Outcome::Udp(u), WorkloadKind::UdpEcho { size, .. }) => {
             put("echo_per_s", u.rate());
             put("sent_per_s", per_second(u.sent as f64, u.elapsed));
+            if let Some(cpu) = u.server_cpu {
+                put("server_cpu_s", cpu.as_secs_f64());
+            }
             if u.sent > 0 {
                 put("lost_fraction", u.lost() as f64 / u.sent as f64);
             }
@@ -978,15 +985,32 @@ fn in_namespace<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T, 
     }
 }
 
-/// The AF_XDP echo's counts over the window: frames echoed per second and what it dropped.
+/// Echoes received by every udp_echo workload, and the CPU their server sides used: `None`
+/// unless every one measured it ([`UdpEchoResult::server_cpu`]).
+fn echo_totals(outcomes: &[Ran]) -> (u64, Option<Duration>) {
+    let mut echoes = 0;
+    let mut cpu = Some(Duration::ZERO);
+    for ran in outcomes {
+        if let Outcome::Udp(u) = &ran.outcome {
+            echoes += u.received;
+            cpu = cpu.zip(u.server_cpu).map(|(a, b)| a + b);
+        }
+    }
+    (echoes, cpu)
+}
+
+/// The AF_XDP echo's counts over the window: frames echoed per second and what it dropped;
+/// returns the CPU time its queue threads used.
 fn afxdp_metrics(
     label: &str,
     before: &afxdp::Stats,
     after: &afxdp::Stats,
     elapsed: Duration,
     metrics: &mut BTreeMap<String, f64>,
-) {
+) -> Duration {
     let (b, a) = (before.total(), after.total());
+    let cpu = Duration::from_nanos(a.cpu_ns.saturating_sub(b.cpu_ns));
+    metrics.insert(format!("{label}.cpu_s"), cpu.as_secs_f64());
     let diff = |x: u64, y: u64| y.saturating_sub(x) as f64;
     metrics.insert(
         format!("{label}.rx_per_s"),
@@ -1005,4 +1029,5 @@ fn afxdp_metrics(
         format!("{label}.kernel_rx_dropped"),
         diff(b.kernel_rx_dropped, a.kernel_rx_dropped),
     );
+    cpu
 }

@@ -33,7 +33,8 @@
 //! #       { kind = "offloads", node, iface, tx = false, tso = false, gso = false, gro = true }
 //! #       (ethtool -K settings of an interface for the variant, restored after it; any of the
 //! #       four: transmit checksum, TCP and generic segmentation, generic receive offload)
-//! # or { kind = "afxdp", node = "server", iface = "eth0", ports = [7777] }: AF_XDP echo
+//! # or { kind = "afxdp", node = "server", iface = "eth0", ports = [7777], cpus = [1] }: AF_XDP
+//! # echo (`cpus`: where its queue threads run, round robin; default: anywhere)
 //! # or { kind = "http_filter", node, iface, mode, policy = "policies/x.toml" } (relative to
 //! # this file; grammar in accel's http_filter::policy)
 //! [[workloads]]
@@ -50,7 +51,10 @@
 //! from_cpus = [0]                      # CPUs for the client's threads (default: any)
 //! to_cpus = [1]                        # CPUs for the server's threads
 //! # tcp_stream: message (default 131072), write (default = message), connections
-//! # udp_echo:   pps (offered packets/s, default 10000), size (default 64)
+//! # udp_echo:   pps (offered packets/s, default 10000), size (default 64), generator
+//! #             ("socket", default: a UDP socket client; "xdp": sends from XDP, counts echoes
+//! #             at tc ingress, runs both ends' receive in NAPI threads pinned to from_cpus[0] /
+//! #             to_cpus[0] and measures the server side's CPU; Linux 6.9+)
 //! # http_upload:   size (default 65536), files (names per connection, default 16), connections
 //! # http_download: size (default 65536), connections
 //! # http_search:   query (default "name=lab"), connections
@@ -72,6 +76,7 @@ use crate::topology::diag::Sink;
 use crate::topology::{Diagnostics, Impairment, Nanos, Span, Spanned, Topology};
 
 pub use crate::deploy::{Deployment, Service};
+pub use crate::workloads::Generator;
 pub use schedule::{Slot, schedule};
 
 /// A checked scenario.
@@ -208,6 +213,8 @@ pub enum AcceleratorKind {
         iface: Spanned<String>,
         /// UDP destination ports echoed from user space.
         ports: Vec<u16>,
+        /// CPUs for the queue threads, round robin by queue (empty: not pinned).
+        cpus: Vec<usize>,
     },
     /// The XDP HTTP request filter on an interface (`accel::http_filter`), with a policy
     /// read from a file (relative to the scenario file).
@@ -304,6 +311,8 @@ pub enum WorkloadKind {
         pps: u64,
         /// Datagram payload size.
         size: usize,
+        /// How the client sends and receives.
+        generator: Generator,
     },
     /// Uploads (`PUT /api/files/NAME`) to a DisGraFS server, each connection cycling over
     /// its own set of file names (so the stored data stays bounded).

@@ -7,8 +7,8 @@ use std::path::Path;
 use accel::ethtool::Offload;
 
 use super::{
-    ACCELERATOR_KINDS, Accelerator, AcceleratorKind, Event, EventAction, LinkImpairment, LinkRef,
-    MonitorMode, Scenario, Target, Variant, WORKLOAD_KINDS, Workload, WorkloadKind,
+    ACCELERATOR_KINDS, Accelerator, AcceleratorKind, Event, EventAction, Generator, LinkImpairment,
+    LinkRef, MonitorMode, Scenario, Target, Variant, WORKLOAD_KINDS, Workload, WorkloadKind,
 };
 use crate::topology::diag::{Issue, Sink};
 use crate::topology::value::{self, Fields, Value};
@@ -38,7 +38,7 @@ const CPU_BALANCE: &[&str] = &["kind", "node", "iface", "cpus", "weights"];
 const RPS: &[&str] = &["kind", "node", "iface", "cpus"];
 /// Weights `accel::cpu_balance` accepts.
 const WEIGHT: RangeInclusive<u64> = 0..=accel::cpu_balance::MAX_WEIGHT as u64;
-const AFXDP: &[&str] = &["kind", "node", "iface", "ports"];
+const AFXDP: &[&str] = &["kind", "node", "iface", "ports", "cpus"];
 const HTTP_FILTER: &[&str] = &["kind", "node", "iface", "mode", "policy"];
 const OFFLOADS: &[&str] = &["kind", "node", "iface", "tx", "tso", "gso", "gro"];
 const EVENT: &[&str] = &["at", "link", "set"];
@@ -53,7 +53,7 @@ const COMMON: &[&str] = &[
 ];
 const TCP_RR: &[&str] = &["size", "request", "response", "connections"];
 const TCP_STREAM: &[&str] = &["message", "write", "connections"];
-const UDP_ECHO: &[&str] = &["pps", "size"];
+const UDP_ECHO: &[&str] = &["pps", "size", "generator"];
 const HTTP_UPLOAD: &[&str] = &["size", "files", "connections"];
 const HTTP_DOWNLOAD: &[&str] = &["size", "connections"];
 const HTTP_SEARCH: &[&str] = &["query", "connections"];
@@ -505,6 +505,10 @@ fn read_accelerator(
                 .get("iface")
                 .and_then(|v| value::string(v, "`iface`", sink));
             let ports = fields.get("ports").and_then(|v| udp_ports(v, sink));
+            let cpus = match fields.get("cpus") {
+                Some(v) => cpu_set(v, "`cpus`", sink),
+                None => Some(Vec::new()),
+            };
             if fields.key_span("iface").is_none() || fields.key_span("ports").is_none() {
                 missing(sink, fields.span, "afxdp needs `iface` and `ports`").help(
                     "name the interface and the UDP ports to echo, like \
@@ -519,6 +523,7 @@ fn read_accelerator(
             AcceleratorKind::Afxdp {
                 iface: iface?,
                 ports: ports?,
+                cpus: cpus?,
             }
         }
         "http_filter" => {
@@ -884,6 +889,24 @@ fn monitor_mode(value: &Value, sink: &mut Sink) -> Option<MonitorMode> {
     }
 }
 
+/// A `udp_echo` client kind: `socket` or `xdp`.
+fn generator(value: &Value, sink: &mut Sink) -> Option<Generator> {
+    let text = value::string(value, "`generator`", sink)?;
+    match text.value.as_str() {
+        "socket" => Some(Generator::Socket),
+        "xdp" => Some(Generator::Xdp),
+        other => {
+            sink.error(
+                "scenario::bad_generator",
+                text.span,
+                format!("unknown udp_echo generator `{other}`"),
+            )
+            .help("expected one of: socket, xdp");
+            None
+        }
+    }
+}
+
 /// Checks that `iface` is one of `node`'s link ends in `topo`.
 fn check_iface(
     topo: &Topology,
@@ -1002,10 +1025,15 @@ fn read_workload(
         "udp_echo" => {
             let pps = field(f, "pps", 10_000, PPS, sink);
             let size = field(f, "size", 64, DATAGRAM, sink);
+            let generator = match f.get("generator") {
+                Some(v) => generator(v, sink),
+                None => Some(Generator::Socket),
+            };
             let kind = (|| {
                 Some(WorkloadKind::UdpEcho {
                     pps: pps?,
                     size: size? as usize,
+                    generator: generator?,
                 })
             })();
             (kind, UDP_ECHO)

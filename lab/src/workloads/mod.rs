@@ -13,6 +13,7 @@ mod http;
 mod tcp_rr;
 mod tcp_stream;
 mod udp_echo;
+mod udp_xdp;
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -26,7 +27,7 @@ use rustix::thread::{CpuSet, LinkNameSpaceType, move_into_link_name_space, sched
 pub use http::{Http, HttpOp, HttpResult, http};
 pub use tcp_rr::{TcpRr, TcpRrResult, tcp_rr};
 pub use tcp_stream::{TcpStream, TcpStreamResult, tcp_stream};
-pub use udp_echo::{UdpEcho, UdpEchoResult, udp_echo};
+pub use udp_echo::{Generator, UdpEcho, UdpEchoResult, udp_echo};
 
 /// How long a side waits for its peer before giving up.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -17,16 +17,18 @@ use super::{
 /// How often blocked receivers look at their stop flags.
 const POLL: Duration = Duration::from_millis(20);
 /// How long the client waits for late echoes once the sender is done.
-const DRAIN: Duration = Duration::from_millis(500);
+pub(super) const DRAIN: Duration = Duration::from_millis(500);
 /// Most datagrams sent in one burst when the sender falls behind its schedule.
 const BURST: u64 = 256;
 /// Bytes of a datagram that carry its sequence number and send time.
-const HEADER: usize = 16;
+pub(super) const HEADER: usize = 16;
 
 /// An echo workload: the client sends `size`-byte datagrams at `pps` per second; the server
 /// sends each back (batched: `recvmmsg` / `sendmmsg`).
 #[derive(Clone, Debug)]
 pub struct UdpEcho {
+    /// How the client sends and receives.
+    pub generator: Generator,
     /// The address the server listens on.
     pub addr: SocketAddr,
     /// Offered datagrams per second (at least 1).
@@ -35,6 +37,20 @@ pub struct UdpEcho {
     pub size: usize,
     /// When the sender stops ([`Stop::Count`] counts datagrams).
     pub stop: Stop,
+}
+
+/// How the client of a [`udp_echo`] run sends datagrams and receives the echoes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Generator {
+    /// A connected UDP socket: one thread sends, another receives. One CPU of it offers
+    /// less than a fast echo answers.
+    #[default]
+    Socket,
+    /// From XDP (`accel::udp_gen`): stamped copies of one frame sent with no socket or skb,
+    /// echoes counted and dropped at tc ingress; both ends of the path run their receive
+    /// processing in pinned NAPI threads, so the server side's CPU is measured whole
+    /// ([`UdpEchoResult::server_cpu`]). Linux 6.9+.
+    Xdp,
 }
 
 /// What a [`udp_echo`] run measured at the client.
@@ -48,6 +64,11 @@ pub struct UdpEchoResult {
     pub latency: Histogram<u64>,
     /// How long the sender sent.
     pub elapsed: Duration,
+    /// CPU time spent on the server side while the sender sent: the echo server's thread and
+    /// the server interface's NAPI threads, which receive the datagrams (with
+    /// [`Generator::Xdp`]; a socket client's datagrams are received in its own softirq, so
+    /// this is `None` there).
+    pub server_cpu: Option<Duration>,
 }
 
 impl UdpEchoResult {
@@ -69,13 +90,16 @@ pub fn udp_echo(server: &Site, client: &Site, config: &UdpEcho) -> Result<UdpEch
         let (bound, ready) = mpsc::channel();
         let stop = &serving_stop;
         let serving = scope.spawn(move || echo(server, config, stop, &bound));
-        if ready.recv().is_err() {
+        let Ok(server_thread) = ready.recv() else {
             return Err(stopped_early(
                 join(serving, "udp_echo server"),
                 "udp_echo server",
             ));
-        }
-        let result = run_client(client, config);
+        };
+        let result = match config.generator {
+            Generator::Socket => run_client(client, config),
+            Generator::Xdp => super::udp_xdp::run(server, client, config, server_thread),
+        };
         serving_stop.store(true, Ordering::Relaxed);
         let served = join(serving, "udp_echo server");
         let result = result?;
@@ -86,22 +110,23 @@ pub fn udp_echo(server: &Site, client: &Site, config: &UdpEcho) -> Result<UdpEch
 /// Datagrams the server moves per `recvmmsg` / `sendmmsg` call.
 const ECHO_BATCH: usize = 64;
 
-/// Binds, reports on `bound`, then echoes until `stop`: batched, up to [`ECHO_BATCH`]
+/// Binds, reports its thread id on `bound`, then echoes until `stop`: batched, up to [`ECHO_BATCH`]
 /// datagrams received with one `recvmmsg` (waiting for the first only) and sent back with
 /// `sendmmsg`, so the kernel socket path is compared at its best.
 fn echo(
     site: &Site,
     config: &UdpEcho,
     stop: &AtomicBool,
-    bound: &mpsc::Sender<()>,
+    bound: &mpsc::Sender<u32>,
 ) -> Result<(), Error> {
     site.enter(0)?;
     let what = || format!("udp_echo server on {}", config.addr);
     let socket = UdpSocket::bind(config.addr).context(what)?;
     socket.set_read_timeout(Some(POLL)).context(what)?;
     enlarge_buffers(&socket).context(what)?;
-    // The receiver waits for exactly this message.
-    let _ = bound.send(());
+    // The receiver waits for exactly this message: the thread's id, by which its CPU time
+    // is read.
+    let _ = bound.send(rustix::thread::gettid().as_raw_nonzero().get() as u32);
     let mut batch = Batch::new(config.size.max(HEADER).max(2048));
     while !stop.load(Ordering::Relaxed) {
         let received = match batch.receive(&socket) {
@@ -237,7 +262,7 @@ fn timed_out(e: &io::Error) -> bool {
 
 /// Errors that lose one datagram but not the run: an ICMP "port unreachable" reported on a
 /// later call, a full device queue, or no route while a link is down (a scenario event).
-fn transient(e: &io::Error) -> bool {
+pub(super) fn transient(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::ConnectionRefused
         || matches!(
             e.raw_os_error(),
@@ -260,6 +285,7 @@ fn run_client(site: &Site, config: &UdpEcho) -> Result<UdpEchoResult, Error> {
             socket.connect(config.addr).context(what)?;
             socket.set_read_timeout(Some(POLL)).context(what)?;
             enlarge_buffers(&socket).context(what)?;
+            first_echo(&socket).context(what)?;
             Ok(socket)
         })
         .join()
@@ -289,8 +315,38 @@ fn run_client(site: &Site, config: &UdpEcho) -> Result<UdpEchoResult, Error> {
             received,
             latency,
             elapsed,
+            server_cpu: None,
         })
     })
+}
+
+/// Sends 1-byte probes from `socket` (connected, with a read timeout) until one is echoed, for
+/// up to [`IDLE_TIMEOUT`]: address resolution and the path are ready before anything is
+/// counted. Probes are shorter than [`HEADER`], so a late probe echo is never taken for an
+/// echo (neither by [`receive`] nor by the XDP client's counter).
+pub(super) fn first_echo(socket: &UdpSocket) -> io::Result<()> {
+    let deadline = Instant::now() + IDLE_TIMEOUT;
+    let mut next_probe = Instant::now();
+    let mut buffer = [0u8; HEADER];
+    while Instant::now() < deadline {
+        if Instant::now() >= next_probe {
+            match socket.send(&[0]) {
+                Ok(_) => {}
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(e),
+            }
+            next_probe = Instant::now() + Duration::from_millis(200);
+        }
+        match socket.recv(&mut buffer) {
+            Ok(_) => return Ok(()),
+            Err(e) if timed_out(&e) || transient(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no echo of a probe datagram",
+    ))
 }
 
 /// Sends datagrams on schedule until `config.stop`; returns how long it sent.

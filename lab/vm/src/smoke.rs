@@ -275,7 +275,12 @@ impl Step {
         if self.positive.is_empty() && self.absent.is_empty() {
             return Ok(());
         }
+        // The whole output, or else its last line (a command that reports progress first).
         let json: Value = serde_json::from_str(&stdout)
+            .or_else(|e| {
+                let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+                last.and_then(|l| serde_json::from_str(l).ok()).ok_or(e)
+            })
             .map_err(|e| format!("stdout is not JSON ({e}): {}", quote(&stdout)))?;
         for path in &self.positive {
             match lookup(&json, path) {
@@ -447,6 +452,12 @@ mod tests {
         assert!(
             e.starts_with("stdout is not JSON") && e.ends_with("monitor on smkmon0"),
             "{e}"
+        );
+        // A progress line before the JSON: the last line is checked.
+        let progress = format!("afxdp echo on smkax1: copy mode\n{STATS}\n");
+        assert_eq!(
+            step(&["total.xdp_frames"], &[]).check(&output(0, &progress, "")),
+            Ok(())
         );
         let long = "x".repeat(2 * QUOTE_LIMIT);
         let e = step(&[], &[]).check(&output(2, &long, "")).unwrap_err();
