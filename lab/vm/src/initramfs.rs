@@ -63,6 +63,16 @@ impl Default for InitramfsSpec {
     }
 }
 
+impl InitramfsSpec {
+    /// The minimal image: only [`AGENT_MODULES`], no extra binaries.
+    pub fn minimal() -> Self {
+        InitramfsSpec {
+            modules: AGENT_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            ..InitramfsSpec::default()
+        }
+    }
+}
+
 /// What [`build`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Initramfs {
