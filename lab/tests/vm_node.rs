@@ -32,14 +32,18 @@ impl VmLab {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../scenarios/topologies")
             .join(format!("{TOPOLOGY}.toml"));
-        let text = std::fs::read_to_string(&shipped)?;
+        Self::from_text(&std::fs::read_to_string(&shipped)?)
+    }
+
+    /// A lab of topology `text`, whose name line must be `name = "vm-server"`.
+    fn from_text(text: &str) -> anyhow::Result<Self> {
         let name = testkit::unique_name();
         let renamed = text.replacen(
             &format!("name = \"{TOPOLOGY}\""),
             &format!("name = \"{name}\""),
             1,
         );
-        ensure!(renamed != text, "{} has no name line", shipped.display());
+        ensure!(renamed != text, "the topology has no name line:\n{text}");
         let dir = std::env::temp_dir().join(format!("lab-test-{name}"));
         std::fs::create_dir_all(&dir)?;
         let file = dir.join(format!("{TOPOLOGY}.toml"));
@@ -273,6 +277,82 @@ fn a_vm_node_is_reached_over_a_lab_link_and_leaves_nothing() -> anyhow::Result<(
     lab.lab_ok(&["down", &lab.name])?;
     let left = lab.leftovers()?;
     ensure!(left.is_empty(), "left after lab down: {left:?}");
+    Ok(())
+}
+
+/// The MTU of `dev` in namespace `ns`, from `ip -n NS -j link show`.
+fn mtu_in(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", dev])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ip -n {ns} link show dev {dev}: {out:?}"
+    );
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["mtu"]
+        .as_u64()
+        .with_context(|| format!("no MTU for {dev} in {ns}"))
+}
+
+#[test]
+fn a_jumbo_mtu_link_reaches_a_vm_node_unfragmented() -> anyhow::Result<()> {
+    if !kernel_available() {
+        return Ok(());
+    }
+    let lab = VmLab::from_text(
+        "name = \"vm-server\"\n\
+         [nodes.client]\n\
+         [nodes.server]\nkind = \"vm\"\nkernel = \"6.12\"\n\
+         [[links]]\nendpoints = [\"client:eth0\", \"server:eth0\"]\nmtu = 9000\n\
+         addresses = [\"10.78.0.1/24\", \"10.78.0.2/24\"]\n",
+    )?;
+    let up: Vec<String> = lab.up_args()?;
+    lab.lab_ok(&up.iter().map(String::as_str).collect::<Vec<_>>())?;
+
+    // Every hop of the link: the client's veth end, the VM node's veth end, bridge and tap,
+    // and the guest's card.
+    let server = lab.ns("server");
+    let hops = [
+        (lab.ns("client"), "eth0"),
+        (server.clone(), "eth0"),
+        (server.clone(), "vmbr0"),
+        (server, "vmtap0"),
+    ];
+    for (ns, dev) in &hops {
+        let mtu = mtu_in(ns, dev)?;
+        ensure!(mtu == 9000, "{dev} in {ns}: MTU {mtu}");
+    }
+    let card = lab.exec("server", &["cat", "/sys/class/net/eth0/mtu"])?;
+    ensure!(card.trim() == "9000", "guest eth0 MTU {card}");
+
+    // 8972 bytes of ICMP payload + 28 bytes of headers = 9000, with "don't fragment", both
+    // ways; one byte more must not fit.
+    let client = lab.ns("client");
+    let ping = |size: &str| {
+        in_ns(&client, || {
+            Command::new("ping")
+                .args(["-c2", "-W5", "-M", "do", "-s", size, "10.78.0.2"])
+                .output()
+        })
+    };
+    let out = ping("8972")??;
+    ensure!(
+        out.status.success(),
+        "jumbo ping to the VM: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !ping("8973")??.status.success(),
+        "9001-byte packets fit a 9000 MTU"
+    );
+    let back = lab.exec(
+        "server",
+        &["ping", "-c", "2", "-W", "5", "-s", "8972", "10.78.0.1"],
+    )?;
+    ensure!(back.contains("2 packets received"), "{back}");
+    lab.lab_ok(&["down", &lab.name])?;
     Ok(())
 }
 

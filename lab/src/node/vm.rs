@@ -234,6 +234,7 @@ impl VmSpec {
                 .map(|n| Nic {
                     tap: n.tap.clone(),
                     mac: n.mac.clone(),
+                    mtu: n.mtu,
                 })
                 .collect(),
             netns: Some(PathBuf::from(format!("/run/netns/{}", self.ns))),
