@@ -4,7 +4,7 @@
 //! into the guest, and `lab up`/`exec`/`down`/`run` run there through the guest agent.
 //! Passes without running, saying so, when the kernel cannot be fetched.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use lab_vm::{Cache, InitramfsSpec, Matrix, Vm, VmConfig, initramfs};
@@ -52,7 +52,7 @@ impl Guest {
             ]
             .map(String::from)
             .to_vec(),
-            extra_binaries: shared_libraries(lab)?,
+            extra_binaries: initramfs::shared_libraries(lab)?,
             ..InitramfsSpec::default()
         };
         initramfs::build(&kernel, &spec, &image)?;
@@ -104,19 +104,6 @@ impl Guest {
         ensure!(out.exit_code == 0, "writing {path} in the guest");
         Ok(())
     }
-}
-
-/// The shared libraries (and loader) `lab` needs, from `ldd`.
-fn shared_libraries(bin: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let out = Command::new("ldd").arg(bin).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let target = line.split_once("=>").map_or(line, |(_, t)| t).trim();
-            let path = target.split_whitespace().next()?;
-            path.starts_with('/').then(|| path.into())
-        })
-        .collect())
 }
 
 /// `RetransSegs` from `/proc/net/snmp` text.

@@ -391,3 +391,70 @@ fn lab_down_after_kill_9_of_lab_up_stops_the_vm() -> anyhow::Result<()> {
     ensure!(left.is_empty(), "left after lab down: {left:?}");
     Ok(())
 }
+
+#[test]
+fn the_shipped_vm_server_scenario_measures_rr_against_the_guest() -> anyhow::Result<()> {
+    if !kernel_available() {
+        return Ok(());
+    }
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let text = std::fs::read_to_string(scenarios.join("vm-server-rr.toml"))?;
+    let name = testkit::unique_name();
+    let renamed = text.replacen("name = \"vm-server-rr\"", &format!("name = \"{name}\""), 1);
+    ensure!(renamed != text, "vm-server-rr.toml has no name line");
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("topologies"))?;
+    std::fs::copy(
+        scenarios.join("topologies/vm-server.toml"),
+        dir.path().join("topologies/vm-server.toml"),
+    )?;
+    let file = dir.path().join("scenario.toml");
+    std::fs::write(&file, renamed)?;
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .args(["--prefix", "dglv"])
+        .output()?;
+    let left = lab_netlink::Netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("dglv-{name}.")))
+        .chain(qemu_processes(&state))
+        .collect::<Vec<_>>();
+    ensure!(
+        run.status.success(),
+        "lab run: {}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    ensure!(left.is_empty(), "left after lab run: {left:?}");
+
+    // The server answered from the guest (its address exists only there) in every window.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    ensure!(report["complete"] == true, "incomplete report");
+    for variant in report["variants"].as_array().context("variants")? {
+        for rep in variant["repetitions"].as_array().context("repetitions")? {
+            let rate = rep["tcp_rr.rr_per_s"].as_f64().unwrap_or(0.0);
+            ensure!(rate > 10.0, "{}: {rate} round trips/s", variant["name"]);
+        }
+    }
+    ensure!(
+        report["ratios"]["monitor"]["tcp_rr.p50_us"]["ratio"].is_number(),
+        "no ratio"
+    );
+    // env.json says which kernel the server ran.
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("env.json"))?)?;
+    let kernel = env["vm_kernels"]["server"].as_str().unwrap_or_default();
+    ensure!(
+        kernel.starts_with("6.12 (6.12."),
+        "vm_kernels: {}",
+        env["vm_kernels"]
+    );
+    Ok(())
+}
