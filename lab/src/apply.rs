@@ -686,17 +686,21 @@ impl Executor {
                 let route = Route::new(network.addr, network.prefix).via(*via);
                 self.connection(ns).await?.add_route(&route).await
             }
-            Step::CreateTap { ns, dev, .. } => {
-                let ns = named(ns)?;
-                let dev = dev.clone();
-                blocking(move || match ns {
-                    Some(ns) => ns.create_tap(&dev),
+            Step::CreateTap { ns, dev, mtu, .. } => {
+                let netns = named(ns)?;
+                let name = dev.clone();
+                blocking(move || match netns {
+                    Some(netns) => netns.create_tap(&name),
                     None => Err(io_error(
-                        format!("create tap {dev}"),
+                        format!("create tap {name}"),
                         std::io::Error::other("taps are made in a VM node's namespace"),
                     )),
                 })
-                .await
+                .await?;
+                match mtu {
+                    Some(mtu) => self.connection(ns).await?.set_mtu(dev.as_str(), *mtu).await,
+                    None => Ok(()),
+                }
             }
             Step::StartVm(spec) => {
                 let spec = spec.clone();

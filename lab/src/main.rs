@@ -75,6 +75,13 @@ enum Command {
     /// (built locally; no registry needed).
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// The server side of one workload, as `lab run` starts it in a VM guest: serves until
+    /// its clients are done, then prints what it measured (JSON).
+    #[command(hide = true)]
+    WorkloadServer {
+        /// The server (JSON, `lab::workloads::remote::ServerSpec`).
+        spec: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +261,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args, &states),
         Command::Images(ImagesCommand::Fetch { kernels }) => images_fetch(&kernels),
         Command::Images(ImagesCommand::Build { names }) => images_build(&names),
+        Command::WorkloadServer { spec } => workload_server(&spec),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -714,6 +722,14 @@ fn plan(args: &PlanArgs) -> Result<(), u8> {
 }
 
 /// Writes to stdout; a closed pipe (`lab plan … | head`) is not an error.
+fn workload_server(spec: &str) -> Result<(), u8> {
+    let spec: lab::workloads::remote::ServerSpec = serde_json::from_str(spec)
+        .map_err(|e| invalid(format!("workload server spec {spec}: {e}")))?;
+    let served = spec.serve().map_err(fail)?;
+    let json = serde_json::to_string(&served).map_err(fail)?;
+    write_stdout(&format!("{json}\n"))
+}
+
 fn write_stdout(text: &str) -> Result<(), u8> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

@@ -51,6 +51,11 @@ fn sample() -> (Report, Env) {
         git_rev: Some("abc123".to_owned()),
         scenario_sha256: "00".repeat(32),
         seed: 7,
+        vm_kernels: [(
+            "server".to_owned(),
+            "6.12 (6.12.118+deb13-amd64)".to_owned(),
+        )]
+        .into(),
     };
     (report, env)
 }

@@ -217,6 +217,33 @@ fn sock_redirect_needs_a_node_of_the_runner() {
 }
 
 #[test]
+fn vm_nodes_serve_one_tcp_workload_on_their_own_cpus() {
+    let text = "name = \"s\"\n\
+        topology = { name = \"t\", nodes = { c = {}, v = { kind = \"vm\", cpus = 2 }, w = { kind = \"vm\" } }, \
+        links = [{ endpoints = [\"c:eth0\", \"v:eth0\"], addresses = [\"10.1.0.1/24\", \"10.1.0.2/24\"] }, \
+        { endpoints = [\"c:eth1\", \"w:eth0\"], addresses = [\"10.2.0.1/24\", \"10.2.0.2/24\"] }] }\n\
+        [[variants]]\nname = \"off\"\n\
+        [[workloads]]\nkind = \"tcp_rr\"\nfrom = \"c\"\nto = \"v:80\"\nto_cpus = [1]\n\
+        [[workloads]]\nkind = \"tcp_stream\"\nfrom = \"c\"\nto = \"v:81\"\n\
+        [[workloads]]\nkind = \"udp_echo\"\nfrom = \"c\"\nto = \"w:82\"\n\
+        [[workloads]]\nkind = \"tcp_rr\"\nfrom = \"w\"\nto = \"c:83\"\n\
+        [[workloads]]\nkind = \"tcp_rr\"\nfrom = \"c\"\nto = \"w:84\"\nto_cpus = [1]\n";
+    let errors = errors(text);
+    assert_eq!(
+        errors,
+        [
+            "s.toml:13:7 scenario::vm_busy: VM node `v` already serves a workload",
+            "s.toml:17:7 scenario::unsupported_node: node `w` is a VM: a `udp_echo` server \
+             cannot run there yet",
+            "s.toml:20:8 scenario::unsupported_node: node `w` is a VM: workload clients run in \
+             the runner, on namespace or host nodes",
+            "s.toml:22:1 scenario::range: `to_cpus` names CPU 1, but VM node `w` has 1 CPU(s)",
+            "s.toml:25:7 scenario::vm_busy: VM node `w` already serves a workload",
+        ]
+    );
+}
+
+#[test]
 fn loading_twice_gives_the_same_schedule() {
     let a = shipped("baseline-rr.toml");
     let b = shipped("baseline-rr.toml");

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure};
+use anyhow::{Context as _, bail, ensure};
 use common::{TestLab, in_ns};
 use sha2::{Digest as _, Sha256};
 
@@ -184,6 +184,81 @@ fn a_vm_node_is_reached_over_a_lab_link_and_leaves_nothing() -> anyhow::Result<(
     Ok(())
 }
 
+/// The MTU of `dev` in namespace `ns`, from `ip -n NS -j link show`.
+fn mtu_in(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", dev])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ip -n {ns} link show dev {dev}: {out:?}"
+    );
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["mtu"]
+        .as_u64()
+        .with_context(|| format!("no MTU for {dev} in {ns}"))
+}
+
+#[test]
+fn a_jumbo_mtu_link_reaches_a_vm_node_unfragmented() -> anyhow::Result<()> {
+    if !kernel_available() {
+        return Ok(());
+    }
+    let lab = TestLab::toml(
+        "[nodes.client]\n\
+         [nodes.server]\nkind = \"vm\"\nkernel = \"6.12\"\n\
+         [[links]]\nendpoints = [\"client:eth0\", \"server:eth0\"]\nmtu = 9000\n\
+         addresses = [\"10.78.0.1/24\", \"10.78.0.2/24\"]\n",
+        "dgl",
+    )?;
+    lab.up()?;
+
+    // Every hop of the link: the client's veth end, the VM node's veth end, bridge and tap,
+    // and the guest's card.
+    let server = lab.ns("server");
+    let hops = [
+        (lab.ns("client"), "eth0"),
+        (server.clone(), "eth0"),
+        (server.clone(), "vmbr0"),
+        (server, "vmtap0"),
+    ];
+    for (ns, dev) in &hops {
+        let mtu = mtu_in(ns, dev)?;
+        ensure!(mtu == 9000, "{dev} in {ns}: MTU {mtu}");
+    }
+    let card = lab.exec("server", &["cat", "/sys/class/net/eth0/mtu"])?;
+    ensure!(card.trim() == "9000", "guest eth0 MTU {card}");
+
+    // 8972 bytes of ICMP payload + 28 bytes of headers = 9000, with "don't fragment", both
+    // ways; one byte more must not fit.
+    let client = lab.ns("client");
+    let ping = |size: &str| {
+        in_ns(&client, || {
+            Command::new("ping")
+                .args(["-c2", "-W5", "-M", "do", "-s", size, "10.78.0.2"])
+                .output()
+        })
+    };
+    let out = ping("8972")??;
+    ensure!(
+        out.status.success(),
+        "jumbo ping to the VM: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !ping("8973")??.status.success(),
+        "9001-byte packets fit a 9000 MTU"
+    );
+    let back = lab.exec(
+        "server",
+        &["ping", "-c", "2", "-W", "5", "-s", "8972", "10.78.0.1"],
+    )?;
+    ensure!(back.contains("2 packets received"), "{back}");
+    lab.lab_ok(&["down", &lab.name])?;
+    Ok(())
+}
+
 #[test]
 fn lab_down_after_kill_9_of_lab_up_stops_the_vm() -> anyhow::Result<()> {
     if !kernel_available() {
@@ -214,5 +289,72 @@ fn lab_down_after_kill_9_of_lab_up_stops_the_vm() -> anyhow::Result<()> {
     lab.lab_ok(&["down", &lab.name])?;
     let left = leftovers(&lab)?;
     ensure!(left.is_empty(), "left after lab down: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn the_shipped_vm_server_scenario_measures_rr_against_the_guest() -> anyhow::Result<()> {
+    if !kernel_available() {
+        return Ok(());
+    }
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let text = std::fs::read_to_string(scenarios.join("vm-server-rr.toml"))?;
+    let name = testkit::unique_name();
+    let renamed = text.replacen("name = \"vm-server-rr\"", &format!("name = \"{name}\""), 1);
+    ensure!(renamed != text, "vm-server-rr.toml has no name line");
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("topologies"))?;
+    std::fs::copy(
+        scenarios.join("topologies/vm-server.toml"),
+        dir.path().join("topologies/vm-server.toml"),
+    )?;
+    let file = dir.path().join("scenario.toml");
+    std::fs::write(&file, renamed)?;
+    let (state, out) = (dir.path().join("state"), dir.path().join("out"));
+    let run = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .args(["--prefix", "dglv"])
+        .output()?;
+    let left = lab_netlink::Netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("dglv-{name}.")))
+        .chain(qemu_processes(&state))
+        .collect::<Vec<_>>();
+    ensure!(
+        run.status.success(),
+        "lab run: {}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    ensure!(left.is_empty(), "left after lab run: {left:?}");
+
+    // The server answered from the guest (its address exists only there) in every window.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    ensure!(report["complete"] == true, "incomplete report");
+    for variant in report["variants"].as_array().context("variants")? {
+        for rep in variant["repetitions"].as_array().context("repetitions")? {
+            let rate = rep["tcp_rr.rr_per_s"].as_f64().unwrap_or(0.0);
+            ensure!(rate > 10.0, "{}: {rate} round trips/s", variant["name"]);
+        }
+    }
+    ensure!(
+        report["ratios"]["monitor"]["tcp_rr.p50_us"]["ratio"].is_number(),
+        "no ratio"
+    );
+    // env.json says which kernel the server ran.
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("env.json"))?)?;
+    let kernel = env["vm_kernels"]["server"].as_str().unwrap_or_default();
+    ensure!(
+        kernel.starts_with("6.12 (6.12."),
+        "vm_kernels: {}",
+        env["vm_kernels"]
+    );
     Ok(())
 }

@@ -219,8 +219,13 @@ impl VmSpec {
         let kernel = cache.fetch(pin).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let image = dir.join("initramfs.cpio");
+        // This `lab` binary reaches the guest over 9p (its directory is the share), its
+        // libraries through the image: workload servers run it there (see `install_lab`).
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("finding this program's executable: {e}"))?;
         let spec = InitramfsSpec {
             modules: MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            extra_binaries: initramfs::shared_libraries(&exe).map_err(|e| e.to_string())?,
             ..InitramfsSpec::default()
         };
         initramfs::build(&kernel, &spec, &image).map_err(|e| e.to_string())?;
@@ -228,12 +233,14 @@ impl VmSpec {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             boot_timeout: BOOT_TIMEOUT,
+            share: exe.parent().map(Path::to_owned),
             nics: self
                 .nics
                 .iter()
                 .map(|n| Nic {
                     tap: n.tap.clone(),
                     mac: n.mac.clone(),
+                    mtu: n.mtu,
                 })
                 .collect(),
             netns: Some(PathBuf::from(format!("/run/netns/{}", self.ns))),
@@ -254,6 +261,40 @@ impl VmSpec {
         }
         let pid = vm.detach().map_err(|e| e.to_string())?;
         Ok((pid, ready))
+    }
+}
+
+/// Where [`install_lab`] puts the `lab` binary in a guest.
+pub const GUEST_LAB: &str = "/tmp/lab";
+
+/// Copies this `lab` binary from the guest's 9p share (the directory it was in when the VM
+/// started, see [`VmSpec::start`]) to [`GUEST_LAB`] in the guest of `node`, where it starts
+/// faster than over 9p; `lab run` does this before the first window for every VM node that
+/// serves a workload.
+///
+/// # Errors
+/// This program's executable cannot be named, or the copy fails in the guest.
+pub fn install_lab(node: &VmNode) -> Result<(), String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("finding this program's executable: {e}"))?;
+    let name = exe
+        .file_name()
+        .ok_or_else(|| format!("{} has no file name", exe.display()))?;
+    let copy = format!(
+        "cp '/host/{}' {GUEST_LAB}.part && mv {GUEST_LAB}.part {GUEST_LAB}",
+        name.to_string_lossy().replace('\'', "'\\''")
+    );
+    let out = node
+        .run("sh", &["-c".to_owned(), copy])
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "node {}: copying lab into the guest failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Env {
     pub scenario_sha256: String,
     /// The scenario's seed.
     pub seed: u64,
+    /// The kernel each VM node of the lab booted: matrix name and release, e.g.
+    /// `"6.12 (6.12.118+deb13-amd64)"`, by node (empty without VM nodes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vm_kernels: BTreeMap<String, String>,
 }
 
 impl Env {
@@ -61,6 +65,7 @@ impl Env {
             git_rev: git_rev(dir),
             scenario_sha256: sha256_hex(scenario),
             seed,
+            vm_kernels: BTreeMap::new(),
         }
     }
 }

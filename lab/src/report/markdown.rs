@@ -32,6 +32,15 @@ pub fn markdown(report: &Report, env: &Env) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    if !env.vm_kernels.is_empty() {
+        let _ = writeln!(
+            out,
+            "VM nodes: {}\n",
+            listed(&env.vm_kernels, |node, kernel| format!(
+                "{node} kernel {kernel}"
+            ))
+        );
+    }
     if !env.crates.is_empty() || !env.tools.is_empty() {
         let _ = writeln!(
             out,

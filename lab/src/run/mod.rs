@@ -42,7 +42,7 @@ use crate::measure::{CpuTimes, latency_cdf};
 use crate::report::{Env, Report, VariantResults};
 use crate::scenario::{Scenario, Slot};
 use crate::state::StateDir;
-use crate::topology::{Plan, PlanOptions, Prefix};
+use crate::topology::{Plan, PlanOptions, Prefix, Step};
 use progress::Progress;
 use window::{Lab, Measured};
 
@@ -290,7 +290,8 @@ pub fn run(
     let mut failure = match deployed {
         Ok(deployed) => {
             let token = deployed.map(|d| d.token);
-            match Lab::new(scenario, &plan, runtime, cpus, token) {
+            let vm_dir = options.states.vm_dir(&plan.prefix, &plan.lab);
+            match Lab::new(scenario, &plan, runtime, cpus, token, &vm_dir) {
                 Ok(lab) => measure_all(scenario, &lab, &slots, interrupt, &progress, &mut results),
                 Err(e) => Some(("preparing the runs".to_owned(), e)),
             }
@@ -315,7 +316,7 @@ pub fn run(
     let text = std::fs::read(file).unwrap_or_default();
     let dir = file.parent().unwrap_or(Path::new("."));
     let written = report
-        .write(&Env::collect(&text, dir, scenario.seed), &options.out)
+        .write(&env(&text, dir, scenario.seed, &plan), &options.out)
         .map_err(|source| Error::Report {
             dir: options.out.clone(),
             source,
@@ -331,6 +332,23 @@ pub fn run(
     written?;
     down?;
     Ok(report)
+}
+
+/// This machine's [`Env`], with the kernel of each VM node of `plan`.
+fn env(scenario: &[u8], dir: &Path, seed: u64, plan: &Plan) -> Env {
+    let mut env = Env::collect(scenario, dir, seed);
+    let matrix = lab_vm::Matrix::builtin().ok();
+    for step in &plan.steps {
+        if let Step::StartVm(spec) = step {
+            let release = matrix
+                .as_ref()
+                .and_then(|m| m.kernel(&spec.kernel).ok())
+                .map_or_else(String::new, |pin| format!(" ({})", pin.release));
+            env.vm_kernels
+                .insert(spec.node.clone(), format!("{}{release}", spec.kernel));
+        }
+    }
+    env
 }
 
 /// Stops the lab's services (if any were started), copying their logs into `OUT/services/`.

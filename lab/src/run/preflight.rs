@@ -55,10 +55,19 @@ pub fn problems(
                 crate::deploy::SERVER_PORT
             ));
         }
-        for (side, list) in [
+        // A VM server's CPUs are the guest's (checked when the scenario is read).
+        let server_here = !matches!(
+            scenario
+                .topology
+                .node(&workload.to.node.value)
+                .map(|n| &n.kind.value),
+            Some(crate::topology::NodeKind::Vm { .. })
+        );
+        let sides = [
             ("from_cpus", &workload.from_cpus),
             ("to_cpus", &workload.to_cpus),
-        ] {
+        ];
+        for (side, list) in sides.into_iter().take(if server_here { 2 } else { 1 }) {
             if let Some(cpu) = list.iter().find(|&&cpu| cpu >= cpus) {
                 problems.push(format!(
                     "workload {} pins to CPU {cpu} (`{side}`), but this machine has {cpus} CPUs \

@@ -2,7 +2,7 @@
 //! together, the events fired on a timer thread, and the counters read around it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,11 +18,14 @@ use crate::measure::{
     CpuTimes, LatencySummary, TcpCounters, busy_shares, cpu_seconds, cpu_seconds_per_gb, jain,
     per_second, process_cpu_time,
 };
+use crate::node::Node as _;
+use crate::node::vm::{self, VmNode};
 use crate::rps::Rps;
 use crate::scenario::{
     AcceleratorKind, EventAction, MonitorMode, Scenario, Variant, Workload, WorkloadKind,
 };
 use crate::topology::{Impairment, Netns, Plan, Step, VethEnd};
+use crate::workloads::remote::{Served, ServerSpec};
 use crate::workloads::{
     self, Http, HttpOp, HttpResult, Site, Stop, TcpRr, TcpRrResult, TcpStream, TcpStreamResult,
     UdpEcho, UdpEchoResult,
@@ -45,6 +48,9 @@ pub(super) struct Lab<'a> {
     cpus: usize,
     /// The write token of the deployed DisGraFS server, if one is deployed.
     token: Option<String>,
+    /// The VM nodes that serve a workload: its server runs in the guest
+    /// ([`ServerSpec`], started through the agent), its client here.
+    vms: HashMap<&'a str, VmNode>,
 }
 
 /// What one window measured.
@@ -143,6 +149,7 @@ impl<'a> Lab<'a> {
         runtime: &'a tokio::runtime::Handle,
         cpus: usize,
         token: Option<String>,
+        vm_dir: &Path,
     ) -> Result<Self, String> {
         let netns = plan
             .steps
@@ -184,6 +191,21 @@ impl<'a> Lab<'a> {
             .collect();
         touched.sort_unstable();
         touched.dedup();
+        let mut vms = HashMap::new();
+        for w in &scenario.workloads {
+            let node = w.to.node.value.as_str();
+            let spec = plan.steps.iter().find_map(|s| match s {
+                Step::StartVm(spec) if spec.node == node => Some(spec),
+                _ => None,
+            });
+            if let Some(spec) = spec
+                && !vms.contains_key(node)
+            {
+                let guest = VmNode::new(node, spec.ns.clone(), vm_dir.join(node));
+                vm::install_lab(&guest)?;
+                vms.insert(node, guest);
+            }
+        }
         Ok(Self {
             scenario,
             plan,
@@ -194,6 +216,7 @@ impl<'a> Lab<'a> {
             labels: labels(&scenario.workloads),
             cpus,
             token,
+            vms,
         })
     }
 
@@ -693,6 +716,9 @@ impl<'a> Lab<'a> {
                 w.to.node.value
             )
         };
+        if let Some(guest) = self.vms.get(w.to.node.value.as_str()) {
+            return self.run_in_guest(guest, w, &client, stop);
+        }
         match w.kind {
             WorkloadKind::TcpRr {
                 request,
@@ -770,6 +796,115 @@ impl<'a> Lab<'a> {
             ),
         }
         .map_err(failed)
+    }
+
+    /// Runs `w`'s server as `lab workload-server` in `guest` (through its agent) and its
+    /// client here, at `client`; the scenario reader allows only `tcp_rr` and `tcp_stream`.
+    fn run_in_guest(
+        &self,
+        guest: &VmNode,
+        w: &Workload,
+        client: &Site,
+        stop: Stop,
+    ) -> Result<Outcome, String> {
+        let addr = w.to.addr;
+        let cpus = w.to_cpus.clone();
+        let what = format!(
+            "workload {} from {} to VM node {}",
+            w.kind.name(),
+            w.from.value,
+            w.to.node.value
+        );
+        let spec = match w.kind {
+            WorkloadKind::TcpRr {
+                request,
+                response,
+                connections,
+            } => ServerSpec::TcpRr {
+                addr,
+                request,
+                response,
+                connections,
+                cpus,
+            },
+            WorkloadKind::TcpStream {
+                message,
+                connections,
+                ..
+            } => ServerSpec::TcpStream {
+                addr,
+                message,
+                connections,
+                cpus,
+            },
+            _ => {
+                return Err(format!(
+                    "{what}: only tcp_rr and tcp_stream serve from a VM"
+                ));
+            }
+        };
+        let argv = spec.argv(vm::GUEST_LAB);
+        thread::scope(|scope| {
+            let serving = scope.spawn(|| -> Result<Served, String> {
+                let out = guest
+                    .run(&argv[0], &argv[1..])
+                    .map_err(|e| format!("{what}: starting its server: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "{what}: its server in the guest failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                serde_json::from_slice(&out.stdout).map_err(|e| {
+                    format!(
+                        "{what}: its server printed {:?}: {e}",
+                        String::from_utf8_lossy(&out.stdout)
+                    )
+                })
+            });
+            let measured = match w.kind {
+                WorkloadKind::TcpRr {
+                    request,
+                    response,
+                    connections,
+                } => workloads::tcp_rr_client(
+                    client,
+                    &TcpRr {
+                        addr,
+                        request,
+                        response,
+                        connections,
+                        stop,
+                    },
+                )
+                .map(Some),
+                WorkloadKind::TcpStream {
+                    message,
+                    write,
+                    connections,
+                } => workloads::tcp_stream_client(
+                    client,
+                    &TcpStream {
+                        addr,
+                        message,
+                        write,
+                        connections,
+                        stop,
+                    },
+                )
+                .map(|()| None),
+                _ => Ok(None),
+            }
+            .map_err(|e| format!("{what}: {e}"));
+            let served = serving
+                .join()
+                .unwrap_or_else(|_| Err(format!("{what}: its server thread panicked")));
+            match (measured?, served?) {
+                (Some(rr), _) => Ok(Outcome::Rr(rr)),
+                (None, served) => Ok(Outcome::Stream(served.stream_result())),
+            }
+        })
     }
 
     /// Runs an HTTP workload against the deployed server.

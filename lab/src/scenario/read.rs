@@ -138,6 +138,9 @@ pub(super) fn read(
             .help("add at least one: `[[variants]]` with `name = \"off\"`");
     }
     check_unique_variants(&variants, sink);
+    if let Some(topo) = topo {
+        check_vm_workloads(&workloads, topo, sink);
+    }
     if workloads.is_empty() {
         missing(sink, top_span(root), "the scenario has no `[[workloads]]`")
             .help("add at least one, e.g. `kind = \"tcp_rr\"`, `from`, `to`");
@@ -309,6 +312,70 @@ fn read_topology(
             );
             diagnostics.extend(errors);
             (None, None)
+        }
+    }
+}
+
+/// Checks the workloads that involve VM nodes: the runner runs clients itself, so a client
+/// cannot be a VM; a VM serves one `tcp_rr` or `tcp_stream` workload (its server runs in the
+/// guest, `lab workload-server`, which holds the guest agent while it runs), on its own CPUs.
+fn check_vm_workloads(workloads: &[Workload], topo: &Topology, sink: &mut Sink) {
+    let vm_cpus = |node: &str| match topo.node(node).map(|n| &n.kind.value) {
+        Some(NodeKind::Vm { cpus, .. }) => Some(cpus.unwrap_or(crate::node::vm::DEFAULT_CPUS)),
+        _ => None,
+    };
+    let mut served: Vec<&str> = Vec::new();
+    for w in workloads {
+        if vm_cpus(&w.from.value).is_some() {
+            sink.error(
+                "scenario::unsupported_node",
+                w.from.span,
+                format!(
+                    "node `{}` is a VM: workload clients run in the runner, on namespace or \
+                     host nodes",
+                    w.from.value
+                ),
+            )
+            .help("put the client on a `netns` node; a VM node can be the server (`to`)");
+        }
+        let node = &w.to.node;
+        let Some(cpus) = vm_cpus(&node.value) else {
+            continue;
+        };
+        if !matches!(
+            w.kind,
+            WorkloadKind::TcpRr { .. } | WorkloadKind::TcpStream { .. }
+        ) {
+            sink.error(
+                "scenario::unsupported_node",
+                node.span,
+                format!(
+                    "node `{}` is a VM: a `{}` server cannot run there yet",
+                    node.value,
+                    w.kind.name()
+                ),
+            )
+            .help("VM nodes serve `tcp_rr` and `tcp_stream` workloads");
+        }
+        if served.contains(&node.value.as_str()) {
+            sink.error(
+                "scenario::vm_busy",
+                node.span,
+                format!("VM node `{}` already serves a workload", node.value),
+            )
+            .help("a VM node serves one workload; give it to another node or a second VM");
+        }
+        served.push(&node.value);
+        if let Some(&cpu) = w.to_cpus.iter().find(|&&c| c >= cpus as usize) {
+            sink.error(
+                "scenario::range",
+                w.span,
+                format!(
+                    "`to_cpus` names CPU {cpu}, but VM node `{}` has {cpus} CPU(s)",
+                    node.value
+                ),
+            )
+            .help("the server's CPUs are the guest's: 0 to cpus - 1");
         }
     }
 }

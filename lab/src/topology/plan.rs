@@ -224,6 +224,10 @@ pub enum Step {
         dev: String,
         /// The VM node.
         node: String,
+        /// MTU (the link's), if not the default; the bridge to the link's veth end follows
+        /// its ports.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
     },
     /// Boot a VM node's QEMU in its namespace and configure the guest.
     StartVm(Box<VmSpec>),
@@ -414,14 +418,17 @@ impl Plan {
         }
 
         // Each interface of a VM node: its veth end, a bridge and a tap in the node's namespace.
-        let vm_ends: Vec<(Netns, String, String, usize)> = {
+        let vm_ends: Vec<(Netns, String, String, usize, Option<u32>)> = {
             let mut count: std::collections::HashMap<&str, usize> = Default::default();
             topology
                 .links
                 .iter()
-                .flat_map(|link| &link.endpoints)
-                .filter(|e| is_vm(&e.node.value))
-                .map(|e| {
+                .flat_map(|link| {
+                    let mtu = link.mtu.as_ref().map(|m| m.value);
+                    link.endpoints.iter().map(move |e| (e, mtu))
+                })
+                .filter(|(e, _)| is_vm(&e.node.value))
+                .map(|(e, mtu)| {
                     let k = count.entry(e.node.value.as_str()).or_default();
                     *k += 1;
                     (
@@ -429,22 +436,24 @@ impl Plan {
                         e.node.value.clone(),
                         e.iface.value.clone(),
                         *k - 1,
+                        mtu,
                     )
                 })
                 .collect()
         };
-        for (ns, node, _, k) in &vm_ends {
+        for (ns, node, _, k, _) in &vm_ends {
             steps.push(Step::CreateBridge {
                 ns: ns.clone(),
                 dev: vm::bridge_name(*k),
                 node: node.clone(),
             });
         }
-        for (ns, node, _, k) in &vm_ends {
+        for (ns, node, _, k, mtu) in &vm_ends {
             steps.push(Step::CreateTap {
                 ns: ns.clone(),
                 dev: vm::tap_name(*k),
                 node: node.clone(),
+                mtu: *mtu,
             });
         }
         let mut host_ifaces = 0usize;
@@ -485,7 +494,7 @@ impl Plan {
                 });
             }
         }
-        for (ns, _, iface, k) in &vm_ends {
+        for (ns, _, iface, k, _) in &vm_ends {
             for dev in [iface.clone(), vm::tap_name(*k)] {
                 steps.push(Step::Enslave {
                     ns: ns.clone(),
@@ -502,7 +511,7 @@ impl Plan {
                 dev: (*bridge).to_owned(),
             });
         }
-        for (ns, _, _, k) in &vm_ends {
+        for (ns, _, _, k, _) in &vm_ends {
             for dev in [vm::bridge_name(*k), vm::tap_name(*k)] {
                 steps.push(Step::SetUp {
                     ns: ns.clone(),
@@ -691,7 +700,13 @@ impl fmt::Display for Step {
             Step::AddNetem { ns, dev, netem } => write!(f, "netem   {ns}  {dev} {netem}"),
             Step::SetUp { ns, dev } => write!(f, "up      {ns}  {dev}"),
             Step::AddRoute { ns, to, via } => write!(f, "route   {ns}  {to} via {via}"),
-            Step::CreateTap { ns, dev, .. } => write!(f, "tap     {ns}  {dev}"),
+            Step::CreateTap { ns, dev, mtu, .. } => {
+                write!(f, "tap     {ns}  {dev}")?;
+                match mtu {
+                    Some(mtu) => write!(f, " mtu {mtu}"),
+                    None => Ok(()),
+                }
+            }
             Step::StartVm(spec) => {
                 write!(
                     f,

@@ -1,5 +1,6 @@
 //! Load generators: [`tcp_rr`], [`tcp_stream`], [`udp_echo`], and [`http`] against a deployed
-//! DisGraFS server.
+//! DisGraFS server; [`remote`]: the server sides of `tcp_rr` and `tcp_stream` in another
+//! process (a VM guest).
 //!
 //! Each runs its server and client sides on threads of this process: every thread first enters
 //! its side's network namespace ([`Site::netns`], with `setns`) and pins itself to one of its
@@ -10,6 +11,7 @@
 //! for [`IDLE_TIMEOUT`] ends the run with an error instead of hanging it.
 
 mod http;
+pub mod remote;
 mod tcp_rr;
 mod tcp_stream;
 mod udp_echo;
@@ -25,8 +27,10 @@ use hdrhistogram::Histogram;
 use rustix::thread::{CpuSet, LinkNameSpaceType, move_into_link_name_space, sched_setaffinity};
 
 pub use http::{Http, HttpOp, HttpResult, http};
-pub use tcp_rr::{TcpRr, TcpRrResult, tcp_rr};
-pub use tcp_stream::{TcpStream, TcpStreamResult, tcp_stream};
+pub use tcp_rr::{TcpRr, TcpRrResult, tcp_rr, tcp_rr_client, tcp_rr_server};
+pub use tcp_stream::{
+    TcpStream, TcpStreamResult, tcp_stream, tcp_stream_client, tcp_stream_server,
+};
 pub use udp_echo::{Generator, UdpEcho, UdpEchoResult, udp_echo};
 
 /// How long a side waits for its peer before giving up.
@@ -183,6 +187,23 @@ fn read_full(stream: &mut impl io::Read, buf: &mut [u8], idle: Duration) -> io::
         }
     }
     Ok(())
+}
+
+/// Connects to `addr`, retrying for up to [`IDLE_TIMEOUT`] while nothing listens there yet
+/// (a server started elsewhere, e.g. in a VM guest, may still be starting).
+fn connect(addr: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
+    let since = Instant::now();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, IDLE_TIMEOUT) {
+            Err(e)
+                if e.kind() == io::ErrorKind::ConnectionRefused
+                    && since.elapsed() < IDLE_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Binds a TCP listener whose `accept` gives up after [`IDLE_TIMEOUT`].

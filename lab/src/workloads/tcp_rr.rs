@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::{
-    Context, Error, IDLE_TIMEOUT, Site, Stop, join, latency_histogram, listen, read_full, record,
-    stopped_early,
+    Context, Error, IDLE_TIMEOUT, Site, Stop, connect, join, latency_histogram, listen, read_full,
+    record, stopped_early,
 };
 
 /// A request/response workload: each connection sends `request` bytes and waits for
@@ -60,41 +60,70 @@ pub fn tcp_rr(server: &Site, client: &Site, config: &TcpRr) -> Result<TcpRrResul
                 "tcp_rr server",
             ));
         };
-        let clients: Vec<_> = (0..connections)
-            .map(|i| {
-                let start = &start;
-                scope.spawn(move || run_client(client, config, i, start))
-            })
-            .collect();
-        let mut latency = latency_histogram();
-        let mut round_trips = 0;
-        let mut elapsed = Duration::ZERO;
-        let mut failure = None;
-        for handle in clients {
-            match join(handle, "tcp_rr client") {
-                Ok((h, n, e)) => {
-                    // Both histograms have the same bounds: adding cannot fail.
-                    let _ = latency.add(&h);
-                    round_trips += n;
-                    elapsed = elapsed.max(e);
-                }
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
-        if failure.is_some() {
+        let measured = clients(scope, client, config, connections, &start);
+        if measured.is_err() {
             // Wakes a server still waiting for connections that will never come.
             let _ = rustix::net::shutdown(&listener, rustix::net::Shutdown::Both);
         }
         let served = join(serving, "tcp_rr server");
-        match failure {
-            Some(e) => Err(e),
-            None => served.map(|()| TcpRrResult {
-                latency,
-                round_trips,
-                elapsed,
-            }),
-        }
+        let measured = measured?;
+        served.map(|()| measured)
     })
+}
+
+/// Runs only the server side of `config` at `site` (the client runs elsewhere, e.g. on the
+/// host while this runs in a VM guest): answers `config.connections` connections until their
+/// clients close them.
+pub fn tcp_rr_server(site: &Site, config: &TcpRr) -> Result<(), Error> {
+    thread::scope(|scope| {
+        let (bound, _listener) = mpsc::channel();
+        serve(scope, site, config, config.connections.max(1), &bound)
+    })
+}
+
+/// Runs only the client side of `config` at `client`, against a server started elsewhere
+/// ([`tcp_rr_server`]); each connection retries for up to [`IDLE_TIMEOUT`] while the server
+/// is not listening yet.
+pub fn tcp_rr_client(client: &Site, config: &TcpRr) -> Result<TcpRrResult, Error> {
+    let connections = config.connections.max(1);
+    let start = Barrier::new(connections);
+    thread::scope(|scope| clients(scope, client, config, connections, &start))
+}
+
+/// Runs `connections` client threads and merges what they measured.
+fn clients<'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    client: &'scope Site,
+    config: &'scope TcpRr,
+    connections: usize,
+    start: &'scope Barrier,
+) -> Result<TcpRrResult, Error> {
+    let handles: Vec<_> = (0..connections)
+        .map(|i| scope.spawn(move || run_client(client, config, i, start)))
+        .collect();
+    let mut latency = latency_histogram();
+    let mut round_trips = 0;
+    let mut elapsed = Duration::ZERO;
+    let mut failure = None;
+    for handle in handles {
+        match join(handle, "tcp_rr client") {
+            Ok((h, n, e)) => {
+                // Both histograms have the same bounds: adding cannot fail.
+                let _ = latency.add(&h);
+                round_trips += n;
+                elapsed = elapsed.max(e);
+            }
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    failure.map_or(
+        Ok(TcpRrResult {
+            latency,
+            round_trips,
+            elapsed,
+        }),
+        Err,
+    )
 }
 
 /// Binds, reports the listener on `bound`, then serves `connections` connections.
@@ -159,8 +188,7 @@ fn run_client(
 ) -> Result<(Histogram<u64>, u64, Duration), Error> {
     let connected = site.enter(index).and_then(|()| {
         let what = || format!("tcp_rr: connect to {}", config.addr);
-        let stream =
-            std::net::TcpStream::connect_timeout(&config.addr, IDLE_TIMEOUT).context(what)?;
+        let stream = connect(config.addr).context(what)?;
         stream.set_nodelay(true).context(what)?;
         stream.set_read_timeout(Some(IDLE_TIMEOUT)).context(what)?;
         Ok(stream)

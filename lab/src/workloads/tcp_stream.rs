@@ -6,7 +6,9 @@ use std::sync::{Barrier, mpsc};
 use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
 
-use super::{Context, Error, IDLE_TIMEOUT, Site, Stop, join, listen, read_some, stopped_early};
+use super::{
+    Context, Error, IDLE_TIMEOUT, Site, Stop, connect, join, listen, read_some, stopped_early,
+};
 
 /// Receive buffer of each server connection.
 const READ_BUFFER: usize = 256 * 1024;
@@ -70,44 +72,75 @@ pub fn tcp_stream(
                 "tcp_stream server",
             ));
         };
-        let clients: Vec<_> = (0..connections)
-            .map(|i| {
-                let start = &start;
-                scope.spawn(move || send(client, config, i, start))
-            })
-            .collect();
-        let mut failure = None;
-        for handle in clients {
-            if let Err(e) = join(handle, "tcp_stream client") {
-                failure = failure.or(Some(e));
-            }
-        }
-        if failure.is_some() {
+        let sent = senders(scope, client, config, connections, &start);
+        if sent.is_err() {
             // Wakes a server still waiting for connections that will never come.
             let _ = rustix::net::shutdown(&listener, rustix::net::Shutdown::Both);
         }
         let received = join(serving, "tcp_stream server");
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let received = received?;
-        let bytes: u64 = received.iter().map(|r| r.bytes).sum();
-        let messages = received
-            .iter()
-            .map(|r| r.bytes / config.message.max(1) as u64)
-            .sum();
-        let first = received.iter().filter_map(|r| r.first).min();
-        let last = received.iter().filter_map(|r| r.last).max();
-        let elapsed = match (first, last) {
-            (Some(first), Some(last)) => last - first,
-            _ => Duration::ZERO,
-        };
-        Ok(TcpStreamResult {
-            bytes,
-            messages,
-            elapsed,
-        })
+        sent?;
+        Ok(summary(&received?, config))
     })
+}
+
+/// Runs only the receiving side of `config` at `site` (the sender runs elsewhere, e.g. on the
+/// host while this runs in a VM guest) and returns what arrived on its `config.connections`
+/// connections.
+pub fn tcp_stream_server(site: &Site, config: &TcpStream) -> Result<TcpStreamResult, Error> {
+    thread::scope(|scope| {
+        let (bound, _listener) = mpsc::channel();
+        let received = serve(scope, site, config, config.connections.max(1), &bound)?;
+        Ok(summary(&received, config))
+    })
+}
+
+/// Runs only the sending side of `config` at `client`, against a receiver started elsewhere
+/// ([`tcp_stream_server`], which measures); each connection retries for up to
+/// [`IDLE_TIMEOUT`] while the receiver is not listening yet.
+pub fn tcp_stream_client(client: &Site, config: &TcpStream) -> Result<(), Error> {
+    let connections = config.connections.max(1);
+    let start = Barrier::new(connections);
+    thread::scope(|scope| senders(scope, client, config, connections, &start))
+}
+
+/// Runs `connections` sending threads; the first failure, if any.
+fn senders<'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    client: &'scope Site,
+    config: &'scope TcpStream,
+    connections: usize,
+    start: &'scope Barrier,
+) -> Result<(), Error> {
+    let handles: Vec<_> = (0..connections)
+        .map(|i| scope.spawn(move || send(client, config, i, start)))
+        .collect();
+    let mut failure = None;
+    for handle in handles {
+        if let Err(e) = join(handle, "tcp_stream client") {
+            failure = failure.or(Some(e));
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// The totals over every connection's [`Received`].
+fn summary(received: &[Received], config: &TcpStream) -> TcpStreamResult {
+    let bytes: u64 = received.iter().map(|r| r.bytes).sum();
+    let messages = received
+        .iter()
+        .map(|r| r.bytes / config.message.max(1) as u64)
+        .sum();
+    let first = received.iter().filter_map(|r| r.first).min();
+    let last = received.iter().filter_map(|r| r.last).max();
+    let elapsed = match (first, last) {
+        (Some(first), Some(last)) => last - first,
+        _ => Duration::ZERO,
+    };
+    TcpStreamResult {
+        bytes,
+        messages,
+        elapsed,
+    }
 }
 
 /// Binds, reports the listener on `bound`, then receives on `connections` connections.
@@ -179,8 +212,7 @@ fn receive(mut stream: std::net::TcpStream) -> Result<Received, Error> {
 /// One sending connection: connects, waits for the others, then sends until told to stop.
 fn send(site: &Site, config: &TcpStream, index: usize, start: &Barrier) -> Result<(), Error> {
     let connected = site.enter(index).and_then(|()| {
-        std::net::TcpStream::connect_timeout(&config.addr, IDLE_TIMEOUT)
-            .context(|| format!("tcp_stream: connect to {}", config.addr))
+        connect(config.addr).context(|| format!("tcp_stream: connect to {}", config.addr))
     });
     // Every connection reaches the barrier, also one that failed, so none waits forever.
     start.wait();

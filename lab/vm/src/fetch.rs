@@ -15,8 +15,10 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::matrix::{KernelPin, PackagePin};
@@ -129,7 +131,7 @@ impl Cache {
             let apt = PrivateApt::new(&self.root.join("apt").join(&pin.name), pin)?;
             apt.update()?;
             for p in missing {
-                let index_sha = apt.index_sha256(pin, p)?;
+                let (index_sha, size) = apt.index_entry(pin, p)?;
                 if index_sha != p.sha256 {
                     return Err(Error::Checksum {
                         file: PathBuf::from(format!(
@@ -142,7 +144,7 @@ impl Cache {
                     });
                 }
                 let dest = path_of(p);
-                apt.download(p, &dest)?;
+                apt.download(p, size, &dest)?;
                 let actual = sha256_file(&dest)?;
                 if actual != p.sha256 {
                     let _removed = fs::remove_file(&dest);
@@ -373,20 +375,20 @@ impl PrivateApt {
         run_tool(self.command("apt-get").args(["-q", "update"])).map(drop)
     }
 
-    /// The SHA-256 the archive index gives for the pinned version, or [`Error::PinGone`].
-    fn index_sha256(&self, pin: &KernelPin, p: &PackagePin) -> Result<String> {
+    /// The SHA-256 and size in bytes the archive index gives for the pinned version, or
+    /// [`Error::PinGone`].
+    fn index_entry(&self, pin: &KernelPin, p: &PackagePin) -> Result<(String, Option<u64>)> {
         let show = self
             .command("apt-cache")
             .arg("show")
             .arg(format!("{}={}", p.name, p.version))
             .output();
-        let sha = show.ok().filter(|o| o.status.success()).and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("SHA256:").map(|s| s.trim().to_owned()))
-        });
-        if let Some(sha) = sha {
-            return Ok(sha);
+        if let Some(entry) = show
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| index_fields(&String::from_utf8_lossy(&o.stdout)))
+        {
+            return Ok(entry);
         }
         let madison = self
             .command("apt-cache")
@@ -416,26 +418,42 @@ impl PrivateApt {
         })))
     }
 
-    /// `apt-get download` into a scratch directory, then moves the .deb to `dest`.
-    fn download(&self, p: &PackagePin, dest: &Path) -> Result<()> {
+    /// `apt-get download` into a scratch directory, then moves the .deb to `dest`. Shows a
+    /// progress bar over `size` bytes on a terminal (the file's growth, polled), log lines
+    /// otherwise.
+    fn download(&self, p: &PackagePin, size: Option<u64>, dest: &Path) -> Result<()> {
         let scratch = self.dir.join("download");
         if scratch.exists() {
             fs::remove_dir_all(&scratch)
                 .map_err(io_err(format!("removing {}", scratch.display())))?;
         }
         fs::create_dir_all(&scratch).map_err(io_err(format!("creating {}", scratch.display())))?;
-        eprintln!("lab-vm: downloading {}={}", p.name, p.version);
-        let status = self
+        let what = format!("{}={}", p.name, p.version);
+        let errors = self.dir.join("download.err");
+        let err_file =
+            File::create(&errors).map_err(io_err(format!("creating {}", errors.display())))?;
+        let mut child = self
             .command("apt-get")
+            .arg("-q")
             .arg("download")
-            .arg(format!("{}={}", p.name, p.version))
+            .arg(&what)
             .current_dir(&scratch)
-            .status()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .spawn()
             .map_err(io_err("starting apt-get download"))?;
+        let bar = progress_bar(&what, size);
+        let status =
+            poll_download(&scratch, &mut child, &mut |bytes| bar.set_position(bytes)).map_err(
+                io_err(format!("downloading {what} into {}", scratch.display())),
+            )?;
+        bar.finish_and_clear();
         if !status.success() {
+            let detail = fs::read_to_string(&errors).unwrap_or_default();
             return Err(Error::Tool {
-                command: format!("apt-get download {}={}", p.name, p.version),
-                detail: status.to_string(),
+                command: format!("apt-get download {what}"),
+                detail: format!("{status}: {}", detail.trim()),
             });
         }
         let deb = fs::read_dir(&scratch)
@@ -443,12 +461,9 @@ impl PrivateApt {
             .flatten()
             .map(|e| e.path())
             .find(|f| f.extension().is_some_and(|e| e == "deb"))
-            .ok_or_else(|| {
-                Error::Kernel(format!(
-                    "apt-get download {}={} produced no .deb",
-                    p.name, p.version
-                ))
-            })?;
+            .ok_or_else(|| Error::Kernel(format!("apt-get download {what} produced no .deb")))?;
+        let bytes = fs::metadata(&deb).map(|m| m.len()).unwrap_or_default();
+        eprintln!("lab-vm: downloaded {what} ({:.1} MB)", bytes as f64 / 1e6);
         fs::rename(&deb, dest).map_err(io_err(format!(
             "moving {} to {}",
             deb.display(),
@@ -457,9 +472,103 @@ impl PrivateApt {
     }
 }
 
+/// `SHA256:` and `Size:` of the first stanza of `apt-cache show` output; `None` without a
+/// digest.
+fn index_fields(show: &str) -> Option<(String, Option<u64>)> {
+    let stanza = show.split("\n\n").next()?;
+    let field = |name: &str| {
+        stanza
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let sha = field("SHA256:")?;
+    Some((sha, field("Size:").and_then(|s| s.parse().ok())))
+}
+
+/// A byte progress bar for downloading `what` (hidden when standard error is not a terminal,
+/// where a log line says what is being downloaded instead).
+fn progress_bar(what: &str, size: Option<u64>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stderr());
+    if bar.is_hidden() {
+        eprintln!("lab-vm: downloading {what}");
+    }
+    bar.set_style(download_style());
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// The download bar: bar, bytes so far of the total, rate, then the package (cut to the
+/// terminal's width, so the line never wraps).
+fn download_style() -> ProgressStyle {
+    ProgressStyle::with_template("[{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}")
+        .expect("the download bar template is valid")
+        .progress_chars("=> ")
+}
+
+/// Waits for `child` (a download into `dir`), reporting the bytes of the files in `dir` to
+/// `progress` every 100 ms and once at the end.
+fn poll_download(
+    dir: &Path,
+    child: &mut Child,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<std::process::ExitStatus> {
+    let bytes = || -> u64 {
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    };
+    loop {
+        if let Some(status) = child.try_wait()? {
+            progress(bytes());
+            return Ok(status);
+        }
+        progress(bytes());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_digest_and_size_of_the_first_stanza() {
+        let show = "Package: linux-image-x\nVersion: 1\nSize: 70560688\nSHA256: abc\n\n\
+                    Package: linux-image-x\nVersion: 1\nSize: 5\nSHA256: def\n";
+        assert_eq!(index_fields(show), Some(("abc".into(), Some(70_560_688))));
+        assert_eq!(
+            index_fields("Package: x\nSHA256: abc\n"),
+            Some(("abc".into(), None))
+        );
+        assert_eq!(index_fields("Package: x\nSize: 5\n"), None);
+    }
+
+    #[test]
+    fn download_progress_follows_the_growing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "head -c 1000 /dev/zero > f.deb; sleep 0.5; head -c 3000 /dev/zero >> f.deb",
+            ])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let mut seen = Vec::new();
+        let status = poll_download(dir.path(), &mut child, &mut |b| seen.push(b)).unwrap();
+        assert!(status.success());
+        assert!(seen.is_sorted(), "{seen:?}");
+        assert!(seen.contains(&1000), "the partial file was seen: {seen:?}");
+        assert_eq!(seen.last(), Some(&4000));
+        // The bar's template parses (it panics otherwise).
+        let bar = ProgressBar::hidden();
+        bar.set_style(download_style());
+    }
 
     #[test]
     fn sha256_of_a_file() {

@@ -63,6 +63,16 @@ impl Default for InitramfsSpec {
     }
 }
 
+impl InitramfsSpec {
+    /// The minimal image: only [`AGENT_MODULES`], no extra binaries.
+    pub fn minimal() -> Self {
+        InitramfsSpec {
+            modules: AGENT_MODULES.iter().map(|m| (*m).to_owned()).collect(),
+            ..InitramfsSpec::default()
+        }
+    }
+}
+
 /// What [`build`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Initramfs {
@@ -192,17 +202,29 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Adds `bin` and the libraries and loader `ldd` lists for it, each at its host path.
-fn add_with_libraries<W: std::io::Write>(w: &mut CpioWriter<W>, bin: &Path) -> Result<()> {
-    let mut files = vec![bin.to_owned()];
+/// The shared libraries and loader `ldd` lists for `bin` (none for a static binary), to put
+/// into an image as [`InitramfsSpec::extra_binaries`] when `bin` itself reaches the guest
+/// another way (e.g. over 9p).
+///
+/// # Errors
+/// `ldd` cannot be run.
+pub fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()
         .map_err(io_err(format!("running ldd {}", bin.display())))?;
     // ldd fails for static binaries ("not a dynamic executable"): then there is nothing to add.
-    if out.status.success() {
-        files.extend(ldd_paths(&String::from_utf8_lossy(&out.stdout)));
-    }
+    Ok(if out.status.success() {
+        ldd_paths(&String::from_utf8_lossy(&out.stdout))
+    } else {
+        Vec::new()
+    })
+}
+
+/// Adds `bin` and the libraries and loader `ldd` lists for it, each at its host path.
+fn add_with_libraries<W: std::io::Write>(w: &mut CpioWriter<W>, bin: &Path) -> Result<()> {
+    let mut files = vec![bin.to_owned()];
+    files.extend(shared_libraries(bin)?);
     for file in files {
         let dest = file.to_string_lossy().into_owned();
         if w.contains(&dest) {
@@ -231,6 +253,20 @@ fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use crate::cpio::read::entries;
+
+    #[test]
+    fn lists_the_libraries_of_a_dynamic_binary_and_none_of_a_static_one() {
+        let libs = shared_libraries(Path::new("/bin/true")).unwrap();
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+        assert!(
+            shared_libraries(Path::new("/bin/busybox"))
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn parses_ldd_output() {

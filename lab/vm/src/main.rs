@@ -60,6 +60,9 @@ enum Cmd {
         /// Seconds allowed for boot and for the command each.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Extra kernel command line parameters, e.g. "initcall_debug".
+        #[arg(long, default_value = "")]
+        append: String,
         #[command(flatten)]
         image: ImageArgs,
         /// The command and its arguments.
@@ -103,11 +106,19 @@ struct ImageArgs {
     /// Extra module to load at boot (repeatable).
     #[arg(long = "module")]
     modules: Vec<String>,
+    /// The minimal image: only the modules the guest agent needs (no network card, no 9p
+    /// share) besides those named with --module.
+    #[arg(long)]
+    minimal: bool,
 }
 
 impl ImageArgs {
     fn spec(&self) -> InitramfsSpec {
-        let mut spec = InitramfsSpec::default();
+        let mut spec = if self.minimal {
+            InitramfsSpec::minimal()
+        } else {
+            InitramfsSpec::default()
+        };
         spec.modules.extend(self.modules.iter().cloned());
         spec.extra_binaries.clone_from(&self.extra);
         spec
@@ -170,6 +181,7 @@ fn run(cli: Cli) -> lab_vm::Result<ExitCode> {
             share,
             console,
             timeout,
+            append,
             image,
             command,
         } => {
@@ -187,6 +199,7 @@ fn run(cli: Cli) -> lab_vm::Result<ExitCode> {
                 share,
                 console_log: console,
                 boot_timeout: timeout,
+                append,
                 ..VmConfig::new(&kernel.vmlinux, &image_path)
             };
             let mut vm = Vm::boot(&config)?;
