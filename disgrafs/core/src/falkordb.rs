@@ -23,12 +23,20 @@ use crate::{
 /// Bounds every query; FalkorDB answers the store's queries in milliseconds.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
     "CREATE INDEX FOR (f:File) ON (f.name)",
     "CREATE INDEX FOR (f:File) ON (f.tagged)",
     "CREATE INDEX FOR (f:File) ON (f.kind)",
+    "CREATE INDEX FOR (f:File) ON (f.trigrams)",
     "CREATE INDEX FOR (t:Tag) ON (t.name)",
 ];
+/// Parameter names of the trigrams a name search looks up in the index (at most this many:
+/// `CONTAINS` checks the whole name anyway).
+const TRIGRAM_PARAMS: [&str; 8] = [
+    "tri0", "tri1", "tri2", "tri3", "tri4", "tri5", "tri6", "tri7",
+];
+/// Files recorded before names had trigrams get them in batches of this many.
+const BACKFILL_BATCH: u64 = 1000;
 const FILE_FIELDS: &str = "f.name, f.size, f.sha256, f.kind, f.uploaded";
 const PRUNE_TAGS: &str = "MATCH (t:Tag) WHERE NOT (t)<-[:TAGGED]-() DELETE t";
 const TAGS_OF: &str = "MATCH (f:File {name: $name}) OPTIONAL MATCH (f)-[r:TAGGED]->(t:Tag)
@@ -101,6 +109,36 @@ impl Param {
         }
         Ok(())
     }
+}
+
+/// The distinct trigrams (three consecutive characters) of `text`, in order, each as the hex
+/// digits of its UTF-8 bytes: the index trims whitespace at the ends of the strings it holds
+/// (` de` would not be found), hex digits are kept as they are.
+fn trigrams(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut seen = BTreeSet::new();
+    chars
+        .windows(3)
+        .map(|w| hex::encode(w.iter().collect::<String>()))
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
+}
+
+/// The indexed form of a file name: its ASCII-lowercased trigrams.
+fn name_trigrams(name: &str) -> Param {
+    Param::List(
+        trigrams(&name.to_ascii_lowercase())
+            .into_iter()
+            .map(Param::Str)
+            .collect(),
+    )
+}
+
+/// Up to [`TRIGRAM_PARAMS`] trigrams of `query`, spread over it.
+fn query_trigrams(query: &str) -> Vec<String> {
+    let all = trigrams(query);
+    let n = all.len().min(TRIGRAM_PARAMS.len());
+    (0..n).map(|i| all[i * all.len() / n].clone()).collect()
 }
 
 /// The parameter header plus the query: `CYPHER a=1 b="x" MATCH …`.
@@ -270,9 +308,39 @@ impl FalkorGraphStore {
                     }
                 }
             }
+            self.backfill_trigrams().await?;
             self.schema_ready.store(true, Ordering::Release);
         }
         self.raw_query(parameterised(query, params)?).await
+    }
+
+    /// Gives the files recorded without name trigrams (by an earlier version) theirs.
+    async fn backfill_trigrams(&self) -> Result<()> {
+        loop {
+            let reply = self
+                .raw_query(parameterised(
+                    "MATCH (f:File) WHERE f.trigrams IS NULL RETURN f.name LIMIT $limit",
+                    &[("limit", clamp(BACKFILL_BATCH))],
+                )?)
+                .await?;
+            if reply.rows.is_empty() {
+                return Ok(());
+            }
+            let mut batch = Vec::new();
+            for row in reply.rows {
+                let [name] = cells(row)?;
+                let name = text(name)?;
+                batch.push(Param::Map(vec![
+                    ("trigrams", name_trigrams(&name)),
+                    ("name", Param::Str(name)),
+                ]));
+            }
+            self.raw_query(parameterised(
+                "UNWIND $batch AS b MATCH (f:File {name: b.name}) SET f.trigrams = b.trigrams",
+                &[("batch", Param::List(batch))],
+            )?)
+            .await?;
+        }
     }
 
     async fn tags(&self, name: &str) -> Result<Option<Vec<Tag>>> {
@@ -293,10 +361,17 @@ impl FalkorGraphStore {
     async fn search_inner(&self, query: &SearchQuery) -> Result<SearchPage> {
         let tags: BTreeSet<&str> = query.tags.iter().map(String::as_str).collect();
         let mut params = Vec::new();
+        let mut trigram_conditions = Vec::new();
         let mut conditions = Vec::new();
         if let Some(name) = &query.name {
+            let lowered = name.to_ascii_lowercase();
+            for (&param, trigram) in TRIGRAM_PARAMS.iter().zip(query_trigrams(&lowered)) {
+                trigram_conditions.push(format!("${param} IN f.trigrams"));
+                params.push((param, Param::Str(trigram)));
+            }
+            conditions.extend(trigram_conditions.iter().map(String::as_str));
             conditions.push("f.lname CONTAINS $name");
-            params.push(("name", Param::Str(name.to_ascii_lowercase())));
+            params.push(("name", Param::Str(lowered)));
         }
         if let Some(kind) = query.kind {
             conditions.push("f.kind = $kind");
@@ -458,7 +533,7 @@ impl GraphStore for FalkorGraphStore {
             self.query(
                 "MERGE (f:File {name: $name})
                  SET f.size = $size, f.sha256 = $sha, f.kind = $kind, f.uploaded = $uploaded,
-                     f.lname = $lname, f.tagged = false
+                     f.lname = $lname, f.trigrams = $trigrams, f.tagged = false
                  WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r",
                 &[
                     ("name", Param::str(&meta.name)),
@@ -467,6 +542,7 @@ impl GraphStore for FalkorGraphStore {
                     ("kind", Param::str(meta.kind.as_str())),
                     ("uploaded", Param::Int(meta.uploaded)),
                     ("lname", Param::Str(meta.name.to_ascii_lowercase())),
+                    ("trigrams", name_trigrams(&meta.name)),
                 ],
             )
             .await?;
@@ -558,6 +634,20 @@ impl GraphStore for FalkorGraphStore {
             Ok((int(files)?.unsigned_abs(), int(tags)?.unsigned_abs()))
         })
     }
+
+    fn names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let reply = self.query("MATCH (f:File) RETURN f.name", &[]).await?;
+            reply
+                .rows
+                .into_iter()
+                .map(|row| {
+                    let [name] = cells(row)?;
+                    text(name)
+                })
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -587,6 +677,34 @@ mod tests {
             parameterised("RETURN 1", &[("s", Param::str("a\0b"))]),
             Err(Error::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn trigrams_are_distinct_character_windows_in_hex() {
+        let plain = |text: &str| -> Vec<String> {
+            trigrams(text)
+                .into_iter()
+                .map(|t| String::from_utf8(hex::decode(t).unwrap()).unwrap())
+                .collect()
+        };
+        assert_eq!(plain("abcabc"), ["abc", "bca", "cab"]);
+        assert_eq!(
+            plain("报告书.TXT"),
+            ["报告书", "告书.", "书.T", ".TX", "TXT"]
+        );
+        assert_eq!(trigrams(" de"), ["206465"]);
+        assert!(trigrams("ab").is_empty());
+        assert_eq!(
+            name_trigrams("A-b"),
+            Param::List(vec![Param::str("612d62")])
+        );
+        let long = "abcdefghijklmnopqrstuvwxyz";
+        let picked = query_trigrams(long);
+        assert_eq!(picked.len(), TRIGRAM_PARAMS.len());
+        assert_eq!(picked[0], hex::encode("abc"));
+        assert!(trigrams(long).starts_with(&picked[..1]));
+        assert!(picked.iter().all(|t| trigrams(long).contains(t)));
+        assert_eq!(query_trigrams("abcd"), trigrams("abcd"));
     }
 
     #[test]
