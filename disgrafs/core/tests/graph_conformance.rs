@@ -447,3 +447,39 @@ conformance!(
     scores_order_tags_and_duplicates_keep_the_best,
     untagged_lists_oldest_first_with_a_limit_and_names_lists_all,
 );
+
+/// A FalkorDB graph written before names had trigrams and files kind labels is upgraded when
+/// the store first connects: searches by name and by kind find its files.
+#[tokio::test]
+async fn falkordb_graph_of_the_first_layout_is_upgraded() {
+    let server = RedisServer::falkordb().unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: redis::Value = redis::cmd("GRAPH.QUERY")
+        .arg("old")
+        .arg(
+            "CREATE (:File {name: 'Old-Report.pdf', lname: 'old-report.pdf', size: 3, \
+             sha256: 'h', kind: 'pdf', uploaded: 1, tagged: true})-[:TAGGED {score: 0.5}]->\
+             (t:Tag {name: 'old'}), (:File {name: 'notes.txt', lname: 'notes.txt', size: 3, \
+             sha256: 'h', kind: 'text', uploaded: 1, tagged: true})-[:TAGGED {score: 0.5}]->(t)",
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = FalkorGraphStore::new(&server.url(), "old").unwrap();
+    let page = store
+        .search(&query(&[], Some("REPORT"), None, 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["Old-Report.pdf"]);
+    let page = store
+        .search(&query(&["old"], None, Some(FileKind::Text), 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["notes.txt"]);
+    let page = store
+        .search(&query(&[], None, Some(FileKind::Pdf), 0, 10))
+        .await
+        .unwrap();
+    assert_eq!((names(&page), page.total), (vec!["Old-Report.pdf"], 1));
+}
