@@ -210,19 +210,24 @@ async function pump() {
 }
 
 async function watchTags(name, item) {
-  for (let attempt = 0; attempt < TAG_POLL_TRIES; attempt += 1) {
-    const tags = await tagsOf(name).catch(() => []);
-    if (tags.length > 0) {
-      item.li.classList.add("done");
-      item.status.textContent = `tagged (${tags.length})`;
-      item.li.append(tagButtons(tags, false));
-      scheduleRefresh();
-      return;
+  view.watching += 1;
+  showBusy();
+  try {
+    for (let attempt = 0; attempt < TAG_POLL_TRIES; attempt += 1) {
+      const tags = await tagsOf(name).catch(() => []);
+      if (tags.length > 0) {
+        item.li.classList.add("done");
+        item.status.textContent = `tagged (${tags.length})`;
+        item.li.append(tagButtons(tags, false));
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, TAG_POLL_MS));
     }
-    await new Promise((resolve) => setTimeout(resolve, TAG_POLL_MS));
+    item.status.textContent = "stored; no tags yet";
+  } finally {
+    view.watching -= 1;
+    scheduleRefresh();
   }
-  item.status.textContent = "stored; no tags yet";
-  scheduleRefresh();
 }
 
 const dropZone = byId("drop-zone");
@@ -249,7 +254,15 @@ byId("file-input").addEventListener("change", (event) => {
 
 // --- search, results and graph -----------------------------------------------------------
 
-const view = { generation: 0, files: new Map(), refreshTimer: 0 };
+// `refreshTimer` is set while a refresh is scheduled, `refreshing` counts refreshes in flight
+// and `watching` uploads whose tags are awaited: while any is, the results are about to change.
+const view = { generation: 0, files: new Map(), refreshTimer: 0, refreshing: 0, watching: 0 };
+
+/** Marks the results `aria-busy` while they are about to change (tests wait for this to end). */
+function showBusy() {
+  const busy = view.refreshTimer !== 0 || view.refreshing > 0 || view.watching > 0;
+  byId("results").setAttribute("aria-busy", String(busy));
+}
 
 const graph = new ForceGraph(byId("graph"), (node) => {
   if (node.kind === "tag") {
@@ -274,10 +287,25 @@ function addTagFilter(tag) {
 
 function scheduleRefresh() {
   clearTimeout(view.refreshTimer);
-  view.refreshTimer = setTimeout(refresh, 100);
+  view.refreshTimer = setTimeout(() => {
+    view.refreshTimer = 0;
+    refresh();
+  }, 100);
+  showBusy();
 }
 
 async function refresh() {
+  view.refreshing += 1;
+  showBusy();
+  try {
+    await loadResults();
+  } finally {
+    view.refreshing -= 1;
+    showBusy();
+  }
+}
+
+async function loadResults() {
   view.generation += 1;
   const generation = view.generation;
   const tags = filterTags();

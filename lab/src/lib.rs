@@ -1,6 +1,7 @@
 //! The DisGraFS eBPF Lab harness: topology files, nodes, scenarios, measurements, reports.
 
 pub mod apply;
+mod cgroup;
 pub mod deploy;
 pub mod images;
 pub mod measure;

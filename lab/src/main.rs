@@ -385,8 +385,14 @@ fn up(args: &PlanArgs, states: &StateDir) -> Result<(), u8> {
         ))
         .map_err(|e| apply_error(&e))?;
     if !topology.deploy.is_empty()
-        && let Err(e) =
-            lab::deploy::start(&topology.deploy, &topology, &plan, states, runtime.handle())
+        && let Err(e) = lab::deploy::start(
+            &topology.deploy,
+            &topology,
+            &plan,
+            states,
+            runtime.handle(),
+            &[],
+        )
     {
         eprintln!("error: starting the services of [deploy]: {e}");
         eprintln!("taking lab {} down again", plan.lab);

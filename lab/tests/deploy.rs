@@ -403,3 +403,103 @@ fn a_service_that_fails_its_check_takes_the_lab_down() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The cgroup v2 directory of this process (the lab binary it starts is there too).
+fn own_cgroup2_dir() -> anyhow::Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = mountinfo
+        .lines()
+        .find_map(|line| {
+            let (fields, fs) = line.split_once(" - ")?;
+            (fs.split(' ').next()? == "cgroup2").then(|| fields.split(' ').nth(4))?
+        })
+        .context("no cgroup2 mount")?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .context("no cgroup v2 entry")?;
+    Ok(Path::new(mount).join(own.trim_start_matches('/')))
+}
+
+/// A socket redirect on a node that runs services covers the services' connections to each
+/// other: they run in a cgroup of their node, the DisGraFS server is restarted every window so
+/// that its connections to Redis and FalkorDB are new, and they are redirected in the windows
+/// with the redirect only. Everything is gone afterwards, the cgroup too.
+#[test]
+fn a_socket_redirect_covers_the_connections_between_deployed_services() -> anyhow::Result<()> {
+    build_disgrafs()?;
+    let lab = TestLab::new(
+        r#"seed = 3
+repetitions = 2
+warmup = "300ms"
+window = "1500ms"
+[topology]
+name = "t"
+[topology.nodes.client]
+[topology.nodes.server]
+[[topology.links]]
+endpoints = ["client:eth0", "server:eth0"]
+[deploy]
+server = ["redis", "falkordb", "disgrafs-server"]
+[[variants]]
+name = "off"
+[[variants]]
+name = "on"
+accelerators = [{ kind = "sock_redirect", node = "server", ports = [6379, 6380] }]
+[[workloads]]
+kind = "http_upload"
+from = "client"
+to = "server:8080"
+size = 2000
+files = 2
+connections = 1
+[[workloads]]
+kind = "http_search"
+from = "client"
+to = "server:8080"
+query = "name=lab"
+connections = 1
+"#,
+    )?;
+    let out_dir = lab.dir.join("out");
+    let out = lab.lab(&[
+        "run",
+        lab.file.to_str().context("utf-8")?,
+        "--out",
+        out_dir.to_str().context("utf-8")?,
+    ])?;
+    ensure!(
+        out.status.success(),
+        "lab run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = lab::report::Report::read(&out_dir)?;
+    ensure!(report.complete, "{report:?}");
+    let [off, on] = &report.variants[..] else {
+        anyhow::bail!("{:?}", report.variants);
+    };
+    let metric = |name: &str| format!("sock_redirect.server-services.{name}");
+    ensure!(off.values(&metric("established")).is_empty(), "{off:?}");
+    for rep in &on.repetitions {
+        let get = |name: &str| rep.get(&metric(name)).copied().unwrap_or(-1.0);
+        // The restarted server's connections to Redis and FalkorDB (made before the window's
+        // counters are read) carry the uploads' and searches' queries, redirected.
+        ensure!(get("redirected_msgs") > 10.0, "{rep:?}");
+        ensure!(get("redirected_share") > 0.5, "{rep:?}");
+        ensure!(
+            rep.get("http_upload.requests_per_s") > Some(&0.0),
+            "{rep:?}"
+        );
+    }
+    // Started once, then again at the start of each of the four windows.
+    let log = std::fs::read_to_string(out_dir.join("services/disgrafs-server-server.log"))?;
+    assert_eq!(
+        log.matches("disgrafs-server listening on").count(),
+        5,
+        "{log}"
+    );
+    let cgroup = own_cgroup2_dir()?.join(format!("{PREFIX}-{}.server", lab.name));
+    ensure!(!cgroup.exists(), "{} is left", cgroup.display());
+    ensure!(!lab.netns("server").exists(), "namespace left");
+    Ok(())
+}

@@ -793,7 +793,39 @@ fn http_workloads_and_the_http_filter() {
 fn shipped_disgrafs_scenario() {
     let s = shipped("disgrafs-http.toml");
     let names: Vec<&str> = s.variants.iter().map(|v| v.name.value.as_str()).collect();
-    assert_eq!(names, ["off", "monitor", "http-filter"]);
+    assert_eq!(
+        names,
+        [
+            "off",
+            "monitor",
+            "http-filter",
+            "sock-redirect",
+            "cpu-balance"
+        ]
+    );
+    let kinds: Vec<&str> = s
+        .variants
+        .iter()
+        .flat_map(|v| &v.accelerators)
+        .map(|a| match a.kind {
+            AcceleratorKind::Monitor { .. } => "monitor",
+            AcceleratorKind::HttpFilter { .. } => "http_filter",
+            AcceleratorKind::SockRedirect { .. } => "sock_redirect",
+            AcceleratorKind::CpuBalance { .. } => "cpu_balance",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["monitor", "http_filter", "sock_redirect", "cpu_balance"]
+    );
+    assert!(
+        s.variants
+            .iter()
+            .flat_map(|v| &v.accelerators)
+            .all(|a| a.node.value == "server"),
+        "every accelerator is on the server's node"
+    );
     let kinds: Vec<&str> = s.workloads.iter().map(|w| w.kind.name()).collect();
     assert_eq!(kinds, ["http_upload", "http_download", "http_search"]);
     assert_eq!(s.deploy.len(), 2);

@@ -23,12 +23,44 @@ use crate::{
 /// Bounds every query; FalkorDB answers the store's queries in milliseconds.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
     "CREATE INDEX FOR (f:File) ON (f.name)",
     "CREATE INDEX FOR (f:File) ON (f.tagged)",
     "CREATE INDEX FOR (f:File) ON (f.kind)",
+    "CREATE INDEX FOR (f:File) ON (f.trigrams)",
     "CREATE INDEX FOR (t:Tag) ON (t.name)",
 ];
+/// Parameter names of the trigrams a name search looks up in the index (at most this many:
+/// `CONTAINS` checks the whole name anyway).
+const TRIGRAM_PARAMS: [&str; 8] = [
+    "tri0", "tri1", "tri2", "tri3", "tri4", "tri5", "tri6", "tri7",
+];
+/// Files recorded before names had trigrams get them in batches of this many.
+const BACKFILL_BATCH: u64 = 1000;
+/// The version of the graph's layout that [`FalkorGraphStore`] writes, kept on a node of its
+/// own: version 2 added name trigrams and kind labels, which older graphs get once.
+const LAYOUT_VERSION: i64 = 2;
+/// Each file node also carries the label of its kind: filtering a tag's files by a label
+/// costs far less than reading each file's `kind` property.
+const KIND_LABELS: [(FileKind, &str); 6] = [
+    (FileKind::Text, "KindText"),
+    (FileKind::Pdf, "KindPdf"),
+    (FileKind::Image, "KindImage"),
+    (FileKind::Audio, "KindAudio"),
+    (FileKind::Video, "KindVideo"),
+    (FileKind::Other, "KindOther"),
+];
+/// `REMOVE` of every kind label, before the file's own is set.
+const REMOVE_KIND_LABELS: &str =
+    "REMOVE f:KindText:KindPdf:KindImage:KindAudio:KindVideo:KindOther";
+
+/// The label of files of `kind`.
+fn kind_label(kind: FileKind) -> &'static str {
+    KIND_LABELS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("KindOther", |(_, label)| label)
+}
 const FILE_FIELDS: &str = "f.name, f.size, f.sha256, f.kind, f.uploaded";
 const PRUNE_TAGS: &str = "MATCH (t:Tag) WHERE NOT (t)<-[:TAGGED]-() DELETE t";
 const TAGS_OF: &str = "MATCH (f:File {name: $name}) OPTIONAL MATCH (f)-[r:TAGGED]->(t:Tag)
@@ -101,6 +133,36 @@ impl Param {
         }
         Ok(())
     }
+}
+
+/// The distinct trigrams (three consecutive characters) of `text`, in order, each as the hex
+/// digits of its UTF-8 bytes: the index trims whitespace at the ends of the strings it holds
+/// (` de` would not be found), hex digits are kept as they are.
+fn trigrams(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut seen = BTreeSet::new();
+    chars
+        .windows(3)
+        .map(|w| hex::encode(w.iter().collect::<String>()))
+        .filter(|t| seen.insert(t.clone()))
+        .collect()
+}
+
+/// The indexed form of a file name: its ASCII-lowercased trigrams.
+fn name_trigrams(name: &str) -> Param {
+    Param::List(
+        trigrams(&name.to_ascii_lowercase())
+            .into_iter()
+            .map(Param::Str)
+            .collect(),
+    )
+}
+
+/// Up to [`TRIGRAM_PARAMS`] trigrams of `query`, spread over it.
+fn query_trigrams(query: &str) -> Vec<String> {
+    let all = trigrams(query);
+    let n = all.len().min(TRIGRAM_PARAMS.len());
+    (0..n).map(|i| all[i * all.len() / n].clone()).collect()
 }
 
 /// The parameter header plus the query: `CYPHER a=1 b="x" MATCH …`.
@@ -270,9 +332,67 @@ impl FalkorGraphStore {
                     }
                 }
             }
+            self.upgrade_layout().await?;
             self.schema_ready.store(true, Ordering::Release);
         }
         self.raw_query(parameterised(query, params)?).await
+    }
+
+    /// Brings a graph written by an earlier version to [`LAYOUT_VERSION`]: name trigrams and
+    /// kind labels for the files that lack them, then the version node.
+    async fn upgrade_layout(&self) -> Result<()> {
+        let version = self
+            .raw_query("MATCH (s:DisgrafsLayout) RETURN s.version".to_owned())
+            .await?;
+        if let Some(row) = version.rows.into_iter().next() {
+            let [version] = cells(row)?;
+            if int(version)? >= LAYOUT_VERSION {
+                return Ok(());
+            }
+        }
+        self.backfill_trigrams().await?;
+        for (kind, label) in KIND_LABELS {
+            self.raw_query(parameterised(
+                &format!("MATCH (f:File) WHERE f.kind = $kind SET f:{label}"),
+                &[("kind", Param::str(kind.as_str()))],
+            )?)
+            .await?;
+        }
+        self.raw_query(parameterised(
+            "MERGE (s:DisgrafsLayout) SET s.version = $version",
+            &[("version", Param::Int(LAYOUT_VERSION))],
+        )?)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives the files recorded without name trigrams (by an earlier version) theirs.
+    async fn backfill_trigrams(&self) -> Result<()> {
+        loop {
+            let reply = self
+                .raw_query(parameterised(
+                    "MATCH (f:File) WHERE f.trigrams IS NULL RETURN f.name LIMIT $limit",
+                    &[("limit", clamp(BACKFILL_BATCH))],
+                )?)
+                .await?;
+            if reply.rows.is_empty() {
+                return Ok(());
+            }
+            let mut batch = Vec::new();
+            for row in reply.rows {
+                let [name] = cells(row)?;
+                let name = text(name)?;
+                batch.push(Param::Map(vec![
+                    ("trigrams", name_trigrams(&name)),
+                    ("name", Param::Str(name)),
+                ]));
+            }
+            self.raw_query(parameterised(
+                "UNWIND $batch AS b MATCH (f:File {name: b.name}) SET f.trigrams = b.trigrams",
+                &[("batch", Param::List(batch))],
+            )?)
+            .await?;
+        }
     }
 
     async fn tags(&self, name: &str) -> Result<Option<Vec<Tag>>> {
@@ -290,46 +410,145 @@ impl FalkorGraphStore {
         Ok(Some(tags))
     }
 
+    /// Searches in one of three ways:
+    ///
+    /// - without tags: files of the kind (its label), with the name's trigrams looked up in
+    ///   the index and `CONTAINS` deciding, counted and sorted by the store;
+    /// - one tag and no name: the tag's files (of the kind), counted and sorted by the store;
+    /// - otherwise: the ids of each tag's files (of the kind) are intersected here, and the
+    ///   store looks them up, checks the tags again (ids of deleted nodes are reused) and the
+    ///   name, counts, sorts and pages them in one query.
     async fn search_inner(&self, query: &SearchQuery) -> Result<SearchPage> {
         let tags: BTreeSet<&str> = query.tags.iter().map(String::as_str).collect();
-        let mut params = Vec::new();
-        let mut conditions = Vec::new();
-        if let Some(name) = &query.name {
-            conditions.push("f.lname CONTAINS $name");
-            params.push(("name", Param::Str(name.to_ascii_lowercase())));
+        let file = match query.kind {
+            Some(kind) => format!("f:File:{}", kind_label(kind)),
+            None => "f:File".to_owned(),
+        };
+        let lowered = query.name.as_ref().map(|n| n.to_ascii_lowercase());
+        let page_params = [
+            ("offset", clamp(query.offset)),
+            ("limit", clamp(query.limit)),
+        ];
+        if tags.is_empty() {
+            let mut params = Vec::new();
+            let mut conditions = Vec::new();
+            if let Some(name) = &lowered {
+                for (&param, trigram) in TRIGRAM_PARAMS.iter().zip(query_trigrams(name)) {
+                    conditions.push(format!("${param} IN f.trigrams"));
+                    params.push((param, Param::Str(trigram)));
+                }
+                conditions.push("f.lname CONTAINS $name".to_owned());
+                params.push(("name", Param::Str(name.clone())));
+            }
+            let mut matching = format!("MATCH ({file})");
+            if !conditions.is_empty() {
+                matching.push_str(" WHERE ");
+                matching.push_str(&conditions.join(" AND "));
+            }
+            return self.sorted_page(&matching, params, &page_params).await;
         }
-        if let Some(kind) = query.kind {
-            conditions.push("f.kind = $kind");
-            params.push(("kind", Param::str(kind.as_str())));
+        if let ([tag], None) = (tags.iter().collect::<Vec<_>>().as_slice(), &lowered) {
+            let matching = format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file})");
+            return self
+                .sorted_page(&matching, vec![("tag", Param::str(tag))], &page_params)
+                .await;
         }
-        let mut matching = if tags.is_empty() {
-            String::from("MATCH (f:File)")
-        } else {
-            params.push((
+        let mut candidates: Option<Vec<i64>> = None;
+        for tag in &tags {
+            let reply = self
+                .query(
+                    &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file}) RETURN id(f)"),
+                    &[("tag", Param::str(tag))],
+                )
+                .await?;
+            let mut ids = reply
+                .rows
+                .into_iter()
+                .map(|row| {
+                    let [id] = cells(row)?;
+                    int(id)
+                })
+                .collect::<Result<Vec<i64>>>()?;
+            ids.sort_unstable();
+            ids.dedup();
+            let ids = match candidates {
+                None => ids,
+                Some(known) => intersect(&known, &ids),
+            };
+            if ids.is_empty() {
+                return Ok(SearchPage {
+                    files: Vec::new(),
+                    total: 0,
+                });
+            }
+            candidates = Some(ids);
+        }
+        let ids = candidates.unwrap_or_default();
+        let mut params = vec![
+            (
+                "ids",
+                Param::List(ids.into_iter().map(Param::Int).collect()),
+            ),
+            (
                 "tags",
                 Param::List(tags.iter().map(|t| Param::str(t)).collect()),
-            ));
-            params.push(("ntags", clamp(tags.len() as u64)));
-            conditions.insert(0, "n = $ntags");
-            String::from(
-                "MATCH (f:File)-[:TAGGED]->(t:Tag) WHERE t.name IN $tags \
-                 WITH f, count(DISTINCT t) AS n",
-            )
-        };
-        if !conditions.is_empty() {
-            matching.push_str(" WHERE ");
-            matching.push_str(&conditions.join(" AND "));
+            ),
+            ("ntags", clamp(tags.len() as u64)),
+            ("end", clamp(query.offset.saturating_add(query.limit))),
+        ];
+        let mut conditions = "id(f) = i".to_owned();
+        if let Some(name) = lowered {
+            conditions.push_str(" AND f.lname CONTAINS $name");
+            params.push(("name", Param::Str(name)));
         }
+        params.extend(page_params);
+        // One row per file of the page, or one row of nulls when the page is empty, each with
+        // the total.
+        let reply = self
+            .query(
+                &format!(
+                    "UNWIND $ids AS i MATCH ({file}) WHERE {conditions}
+                     WITH f MATCH (f)-[:TAGGED]->(t:Tag) WHERE t.name IN $tags
+                     WITH f, count(t) AS n WHERE n = $ntags
+                     WITH f ORDER BY f.name WITH collect(f) AS fs
+                     UNWIND CASE WHEN size(fs[$offset..$end]) = 0 THEN [null]
+                                 ELSE fs[$offset..$end] END AS f
+                     RETURN size(fs), {FILE_FIELDS}"
+                ),
+                &params,
+            )
+            .await?;
+        let mut total = 0;
+        let mut files = Vec::new();
+        for mut row in reply.rows {
+            if row.is_empty() {
+                return Err(bad_reply("no columns"));
+            }
+            total = int(row.remove(0))?.unsigned_abs();
+            if row.first().is_some_and(|name| *name != Value::Nil) {
+                files.push(file_from_row(row)?);
+            }
+        }
+        Ok(SearchPage { files, total })
+    }
+
+    /// The count of the files `matching` binds to `f` and the page of them sorted by name.
+    async fn sorted_page(
+        &self,
+        matching: &str,
+        mut params: Vec<(&str, Param)>,
+        page: &[(&'static str, Param)],
+    ) -> Result<SearchPage> {
         let total = count(
             self.query(&format!("{matching} RETURN count(f)"), &params)
                 .await?,
         )?;
-        params.push(("offset", clamp(query.offset)));
-        params.push(("limit", clamp(query.limit)));
+        params.extend(page.iter().cloned());
         let reply = self
             .query(
                 &format!(
-                    "{matching} RETURN {FILE_FIELDS} ORDER BY f.name SKIP $offset LIMIT $limit"
+                    "{matching} WITH f ORDER BY f.name SKIP $offset LIMIT $limit
+                     RETURN {FILE_FIELDS}"
                 ),
                 &params,
             )
@@ -448,6 +667,23 @@ impl FalkorGraphStore {
     }
 }
 
+/// The ids in both sorted lists, sorted.
+fn intersect(a: &[i64], b: &[i64]) -> Vec<i64> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
 fn edges(reply: Reply) -> Result<Vec<(String, String, f32)>> {
     reply.rows.into_iter().map(edge_from_row).collect()
 }
@@ -456,10 +692,14 @@ impl GraphStore for FalkorGraphStore {
     fn upsert_file(&self, meta: FileMeta) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.query(
-                "MERGE (f:File {name: $name})
-                 SET f.size = $size, f.sha256 = $sha, f.kind = $kind, f.uploaded = $uploaded,
-                     f.lname = $lname, f.tagged = false
-                 WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r",
+                &format!(
+                    "MERGE (f:File {{name: $name}})
+                     SET f.size = $size, f.sha256 = $sha, f.kind = $kind, f.uploaded = $uploaded,
+                         f.lname = $lname, f.trigrams = $trigrams, f.tagged = false
+                     WITH f {REMOVE_KIND_LABELS} SET f:{}
+                     WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r",
+                    kind_label(meta.kind)
+                ),
                 &[
                     ("name", Param::str(&meta.name)),
                     ("size", clamp(meta.size)),
@@ -467,6 +707,7 @@ impl GraphStore for FalkorGraphStore {
                     ("kind", Param::str(meta.kind.as_str())),
                     ("uploaded", Param::Int(meta.uploaded)),
                     ("lname", Param::Str(meta.name.to_ascii_lowercase())),
+                    ("trigrams", name_trigrams(&meta.name)),
                 ],
             )
             .await?;
@@ -558,6 +799,20 @@ impl GraphStore for FalkorGraphStore {
             Ok((int(files)?.unsigned_abs(), int(tags)?.unsigned_abs()))
         })
     }
+
+    fn names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let reply = self.query("MATCH (f:File) RETURN f.name", &[]).await?;
+            reply
+                .rows
+                .into_iter()
+                .map(|row| {
+                    let [name] = cells(row)?;
+                    text(name)
+                })
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -587,6 +842,53 @@ mod tests {
             parameterised("RETURN 1", &[("s", Param::str("a\0b"))]),
             Err(Error::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn trigrams_are_distinct_character_windows_in_hex() {
+        let plain = |text: &str| -> Vec<String> {
+            trigrams(text)
+                .into_iter()
+                .map(|t| String::from_utf8(hex::decode(t).unwrap()).unwrap())
+                .collect()
+        };
+        assert_eq!(plain("abcabc"), ["abc", "bca", "cab"]);
+        assert_eq!(
+            plain("报告书.TXT"),
+            ["报告书", "告书.", "书.T", ".TX", "TXT"]
+        );
+        assert_eq!(trigrams(" de"), ["206465"]);
+        assert!(trigrams("ab").is_empty());
+        assert_eq!(
+            name_trigrams("A-b"),
+            Param::List(vec![Param::str("612d62")])
+        );
+        let long = "abcdefghijklmnopqrstuvwxyz";
+        let picked = query_trigrams(long);
+        assert_eq!(picked.len(), TRIGRAM_PARAMS.len());
+        assert_eq!(picked[0], hex::encode("abc"));
+        assert!(trigrams(long).starts_with(&picked[..1]));
+        assert!(picked.iter().all(|t| trigrams(long).contains(t)));
+        assert_eq!(query_trigrams("abcd"), trigrams("abcd"));
+    }
+
+    #[test]
+    fn intersects_sorted_lists() {
+        assert_eq!(intersect(&[1, 3, 5, 7, 9], &[2, 3, 4, 9, 10]), [3, 9]);
+        assert!(intersect(&[1, 2], &[]).is_empty());
+        assert!(intersect(&[1, 2], &[3, 4]).is_empty());
+    }
+
+    #[test]
+    fn every_kind_has_its_label() {
+        for kind in FileKind::ALL {
+            let label = kind_label(kind);
+            assert!(REMOVE_KIND_LABELS.contains(&format!(":{label}")), "{label}");
+            assert!(
+                label.ends_with(&format!("{kind:?}")),
+                "{label} for {kind:?}"
+            );
+        }
     }
 
     #[test]

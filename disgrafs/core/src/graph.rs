@@ -3,7 +3,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::vtab::array::Array;
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params, params_from_iter};
 
 use crate::{
     BoxFuture, Error, FileKind, FileMeta, Graph, GraphCenter, GraphEdge, GraphNode, Result,
@@ -49,12 +50,22 @@ pub trait GraphStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// The number of files and of tags.
     fn counts(&self) -> BoxFuture<'_, Result<(u64, u64)>>;
+
+    /// The name of every file the graph describes, in no order.
+    fn names(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 }
 
-const SCHEMA: &str = "
+/// Connection settings, applied before the schema.
+const PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
+";
+
+/// The schema, created where missing. `tagged.kind` repeats its file's kind (a file's tags are
+/// dropped whenever its record changes), so that a tag's files of one kind are one index
+/// range; `file_names` indexes the names' trigrams for substring search.
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -74,9 +85,34 @@ CREATE TABLE IF NOT EXISTS tagged (
     file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
     tag_id INTEGER NOT NULL REFERENCES tags (id) ON DELETE CASCADE,
     score REAL NOT NULL,
+    kind TEXT NOT NULL,
     PRIMARY KEY (file_id, tag_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tagged_by_tag ON tagged (tag_id, file_id);
+CREATE INDEX IF NOT EXISTS tagged_by_tag_kind ON tagged (tag_id, kind, file_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS file_names
+    USING fts5 (name, content = 'files', content_rowid = 'id', tokenize = 'trigram');
+CREATE TRIGGER IF NOT EXISTS file_names_insert AFTER INSERT ON files BEGIN
+    INSERT INTO file_names (rowid, name) VALUES (new.id, new.name);
+END;
+CREATE TRIGGER IF NOT EXISTS file_names_delete AFTER DELETE ON files BEGIN
+    INSERT INTO file_names (file_names, rowid, name) VALUES ('delete', old.id, old.name);
+END;
+CREATE TRIGGER IF NOT EXISTS file_names_update AFTER UPDATE OF name ON files BEGIN
+    INSERT INTO file_names (file_names, rowid, name) VALUES ('delete', old.id, old.name);
+    INSERT INTO file_names (rowid, name) VALUES (new.id, new.name);
+END;
+";
+
+/// `PRAGMA user_version` of [`SCHEMA`]; 0 is a new database or one of the first schema
+/// (without `tagged.kind` and `file_names`), which [`SqliteGraphStore::open`] upgrades.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Upgrades a database of the first schema (version 0) to [`SCHEMA`], in one transaction:
+/// `tagged` gains its kind column, and the name index is built from the files.
+const UPGRADE_FROM_0: &str = "
+ALTER TABLE tagged ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+UPDATE tagged SET kind = (SELECT kind FROM files WHERE files.id = tagged.file_id);
 ";
 
 const FILE_COLUMNS: &str = "f.name, f.size, f.sha256, f.kind, f.uploaded";
@@ -104,8 +140,10 @@ impl SqliteGraphStore {
         Self::init(conn)
     }
 
-    fn init(conn: Connection) -> Result<Self> {
-        conn.execute_batch(SCHEMA).map_err(sql_error)?;
+    fn init(mut conn: Connection) -> Result<Self> {
+        conn.execute_batch(PRAGMAS).map_err(sql_error)?;
+        rusqlite::vtab::array::load_module(&conn).map_err(sql_error)?;
+        migrate(&mut conn).map_err(sql_error)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -126,6 +164,27 @@ impl SqliteGraphStore {
             .map_err(|e| Error::Unavailable(format!("sqlite task failed: {e}")))?
         })
     }
+}
+
+/// Brings the database to [`SCHEMA_VERSION`].
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version == SCHEMA_VERSION {
+        return conn.execute_batch(SCHEMA);
+    }
+    let tx = conn.transaction()?;
+    let first_schema: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tagged')",
+        [],
+        |row| row.get(0),
+    )?;
+    if first_schema {
+        tx.execute_batch(UPGRADE_FROM_0)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.execute("INSERT INTO file_names (file_names) VALUES ('rebuild')", [])?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
 }
 
 fn sql_error(e: rusqlite::Error) -> Error {
@@ -161,47 +220,162 @@ fn file_id(conn: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
     .optional()
 }
 
-fn search(conn: &Connection, query: &SearchQuery) -> rusqlite::Result<SearchPage> {
-    let mut conditions = Vec::new();
-    let mut values = Vec::new();
-    let tags: BTreeSet<&str> = query.tags.iter().map(String::as_str).collect();
-    if !tags.is_empty() {
-        let placeholders = vec!["?"; tags.len()].join(", ");
-        conditions.push(format!(
-            "f.id IN (SELECT tg.file_id FROM tagged tg JOIN tags t ON t.id = tg.tag_id
-             WHERE t.name IN ({placeholders}) GROUP BY tg.file_id HAVING COUNT(*) = {})",
-            tags.len()
-        ));
-        values.extend(tags.iter().map(|t| Value::Text((*t).to_owned())));
-    }
-    if let Some(name) = &query.name {
-        conditions.push("instr(lower(f.name), lower(?)) > 0".to_owned());
-        values.push(Value::Text(name.clone()));
-    }
-    if let Some(kind) = query.kind {
-        conditions.push("f.kind = ?".to_owned());
-        values.push(Value::Text(kind.as_str().to_owned()));
-    }
-    let filter = if conditions.is_empty() {
+/// The shortest name query the trigram index can answer; shorter ones scan the names.
+const TRIGRAM: usize = 3;
+
+/// A phrase of the FTS5 query language matching `text` literally.
+fn fts_phrase(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
+
+/// `WHERE` with `conditions` joined by `AND`, or nothing.
+fn where_clause(conditions: &[&str]) -> String {
+    if conditions.is_empty() {
         String::new()
     } else {
         format!("WHERE {}", conditions.join(" AND "))
+    }
+}
+
+const NAME_FILTER: &str = "instr(lower(f.name), lower(?)) > 0";
+const KIND_FILTER: &str = "f.kind = ?";
+
+/// Searches in one of two ways, whichever reads fewer rows for the page:
+///
+/// - by candidates: the ids in the tags' postings (of the kind, when one is given) and in the
+///   trigram index of names, intersected in id order; the files among them that match are
+///   counted, sorted by name and paged — the cost grows with the number of matches;
+/// - by name: files are walked in name order (within the kind, when one is given), each
+///   checked for the tags and the name, until the page is full — the cost grows with the
+///   files walked per match, so it wins when the matches are dense.
+///
+/// Names match as ASCII case-insensitive substrings (`instr` on `lower`); the trigram index
+/// (case-folded, a superset) only narrows the candidates, for names of three or more
+/// characters.
+fn search(conn: &Connection, query: &SearchQuery) -> rusqlite::Result<SearchPage> {
+    let kind = query.kind.map(|k| Value::Text(k.as_str().to_owned()));
+    let name = query.name.as_ref().map(|n| Value::Text(n.clone()));
+    let mut tags = Vec::new();
+    for tag in query.tags.iter().collect::<BTreeSet<_>>() {
+        let id: Option<i64> = conn
+            .prepare_cached("SELECT id FROM tags WHERE name = ?1")?
+            .query_row([tag], |row| row.get(0))
+            .optional()?;
+        match id {
+            Some(id) => tags.push(Value::Integer(id)),
+            None => {
+                return Ok(SearchPage {
+                    files: Vec::new(),
+                    total: 0,
+                });
+            }
+        }
+    }
+    let limit = Value::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX));
+    let offset = Value::Integer(i64::try_from(query.offset).unwrap_or(i64::MAX));
+
+    // The candidates: one sorted id list per tag and for the name, intersected.
+    let mut arms = Vec::new();
+    let mut arm_values = Vec::new();
+    for tag in &tags {
+        arm_values.push(tag.clone());
+        if let Some(kind) = &kind {
+            arms.push("SELECT file_id FROM tagged WHERE tag_id = ? AND kind = ?");
+            arm_values.push(kind.clone());
+        } else {
+            arms.push("SELECT file_id FROM tagged WHERE tag_id = ?");
+        }
+    }
+    if let Some(name) = &query.name
+        && name.chars().count() >= TRIGRAM
+    {
+        arms.push("SELECT rowid FROM file_names WHERE file_names MATCH ?");
+        arm_values.push(Value::Text(fts_phrase(name)));
+    }
+    // What the walk by name checks on each file.
+    let mut walk = Vec::new();
+    let mut walk_values = Vec::new();
+    if let Some(kind) = &kind {
+        walk.push(KIND_FILTER);
+        walk_values.push(kind.clone());
+    }
+    for tag in &tags {
+        walk.push("EXISTS (SELECT 1 FROM tagged x WHERE x.file_id = f.id AND x.tag_id = ?)");
+        walk_values.push(tag.clone());
+    }
+    if let Some(name) = &name {
+        walk.push(NAME_FILTER);
+        walk_values.push(name.clone());
+    }
+    let walk_clause = where_clause(&walk);
+    let walk_page = |total: u64| -> rusqlite::Result<SearchPage> {
+        let mut values = walk_values.clone();
+        values.extend([limit.clone(), offset.clone()]);
+        let files = conn
+            .prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files f {walk_clause} ORDER BY f.name LIMIT ? OFFSET ?"
+            ))?
+            .query_map(params_from_iter(&values), file_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(SearchPage { files, total })
     };
-    let total: i64 = conn.query_row(
-        &format!("SELECT COUNT(*) FROM files f {filter}"),
-        params_from_iter(values.iter()),
-        |row| row.get(0),
-    )?;
-    let total = u64::try_from(total).unwrap_or(0);
-    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-    let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
-    values.push(Value::Integer(limit));
-    values.push(Value::Integer(offset));
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {FILE_COLUMNS} FROM files f {filter} ORDER BY f.name LIMIT ? OFFSET ?"
-    ))?;
-    let files = stmt
-        .query_map(params_from_iter(values.iter()), file_from_row)?
+    if arms.is_empty() {
+        let total: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM files f {walk_clause}"))?
+            .query_row(params_from_iter(&walk_values), |row| row.get(0))?;
+        return walk_page(total.unsigned_abs());
+    }
+    let candidates = if arms.len() == 1 {
+        arms[0].to_owned()
+    } else {
+        format!("{} ORDER BY 1", arms.join(" INTERSECT "))
+    };
+    let ids: Vec<Value> = conn
+        .prepare_cached(&candidates)?
+        .query_map(params_from_iter(&arm_values), |row| row.get::<_, i64>(0))?
+        .map(|id| id.map(Value::Integer))
+        .collect::<rusqlite::Result<_>>()?;
+    let ids: Array = std::rc::Rc::new(ids);
+    // What the candidates do not settle yet: the kind without tags, the exact name match.
+    let mut check = vec!["f.id IN rarray(?)"];
+    let mut check_values = Vec::new();
+    if let (Some(kind), true) = (&kind, tags.is_empty()) {
+        check.push(KIND_FILTER);
+        check_values.push(kind.clone());
+    }
+    if let Some(name) = &name {
+        check.push(NAME_FILTER);
+        check_values.push(name.clone());
+    }
+    let check_clause = where_clause(&check);
+    fn with_ids<'a>(ids: &'a Array, values: &'a [Value]) -> Vec<&'a dyn ToSql> {
+        std::iter::once(ids as &dyn ToSql)
+            .chain(values.iter().map(|v| v as &dyn ToSql))
+            .collect()
+    }
+    let total = if check_values.is_empty() {
+        ids.len() as u64
+    } else {
+        let n: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM files f {check_clause}"))?
+            .query_row(with_ids(&ids, &check_values).as_slice(), |row| row.get(0))?;
+        n.unsigned_abs()
+    };
+    // Walking by name reads about (offset + limit) · files / total files; paging the
+    // candidates reads about total.
+    let files: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM files", [], |row| {
+        row.get(0)
+    })?;
+    let walked = query.offset.saturating_add(query.limit) as f64 * files as f64;
+    if total as f64 * total as f64 > walked {
+        return walk_page(total);
+    }
+    check_values.extend([limit, offset]);
+    let files = conn
+        .prepare_cached(&format!(
+            "SELECT {FILE_COLUMNS} FROM files f {check_clause} ORDER BY f.name LIMIT ? OFFSET ?"
+        ))?
+        .query_map(with_ids(&ids, &check_values).as_slice(), file_from_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(SearchPage { files, total })
 }
@@ -375,8 +549,9 @@ impl GraphStore for SqliteGraphStore {
                     [&tag.tag],
                 )?;
                 tx.execute(
-                    "INSERT INTO tagged (file_id, tag_id, score)
-                     SELECT ?1, id, ?3 FROM tags WHERE name = ?2
+                    "INSERT INTO tagged (file_id, tag_id, score, kind)
+                     SELECT f.id, t.id, ?3, f.kind FROM files f, tags t
+                     WHERE f.id = ?1 AND t.name = ?2
                      ON CONFLICT (file_id, tag_id) DO UPDATE SET score = max(score, excluded.score)",
                     params![id, tag.tag, tag.score],
                 )?;
@@ -430,5 +605,76 @@ impl GraphStore for SqliteGraphStore {
             )?;
             Ok((files.unsigned_abs(), tags.unsigned_abs()))
         })
+    }
+
+    fn names(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT name FROM files")?;
+            stmt.query_map([], |row| row.get(0))?.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first schema (user_version 0), as databases written before the name index have it.
+    const FIRST_SCHEMA: &str = "
+        CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+            size INTEGER NOT NULL, sha256 TEXT NOT NULL, kind TEXT NOT NULL,
+            uploaded INTEGER NOT NULL, tagged INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX files_kind ON files (kind, name);
+        CREATE INDEX files_untagged ON files (tagged, uploaded);
+        CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        CREATE TABLE tagged (
+            file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            tag_id INTEGER NOT NULL REFERENCES tags (id) ON DELETE CASCADE,
+            score REAL NOT NULL, PRIMARY KEY (file_id, tag_id)) WITHOUT ROWID;
+        CREATE INDEX tagged_by_tag ON tagged (tag_id, file_id);
+        INSERT INTO files VALUES (1, 'Old-Report.pdf', 3, 'h', 'pdf', 1, 1),
+                                 (2, 'old-notes.txt', 3, 'h', 'text', 1, 1);
+        INSERT INTO tags VALUES (1, 'old');
+        INSERT INTO tagged VALUES (1, 1, 0.5), (2, 1, 0.5);
+    ";
+
+    #[tokio::test]
+    async fn a_database_of_the_first_schema_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(FIRST_SCHEMA)
+            .unwrap();
+        for _ in 0..2 {
+            let store = SqliteGraphStore::open(&path).unwrap();
+            let search = |tags: &[&str], name: Option<&str>, kind: Option<FileKind>| SearchQuery {
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                name: name.map(str::to_owned),
+                kind,
+                offset: 0,
+                limit: 10,
+            };
+            let names = |page: SearchPage| -> Vec<String> {
+                page.files.into_iter().map(|f| f.name).collect()
+            };
+            let by_tag_and_kind = store
+                .search(&search(&["old"], None, Some(FileKind::Pdf)))
+                .await
+                .unwrap();
+            assert_eq!(names(by_tag_and_kind), ["Old-Report.pdf"]);
+            let by_name = store
+                .search(&search(&[], Some("REPORT"), None))
+                .await
+                .unwrap();
+            assert_eq!(names(by_name), ["Old-Report.pdf"]);
+            let version: i64 = store
+                .conn
+                .lock()
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+        }
     }
 }

@@ -111,6 +111,88 @@ async fn search_intersects_tags_and_filters_name_kind_with_pages(store: &dyn Gra
     );
 }
 
+/// Every way a search can be answered (by candidates or by a walk in name order, with the
+/// name index or a scan) gives the page and total of a reference filter over generated files:
+/// tags as a set intersection, kinds, ASCII case-insensitive name substrings (so `ärger` does
+/// not match `ÄRGER`), offsets and limits.
+async fn search_matches_a_reference_on_generated_files(store: &dyn GraphStore) {
+    const PREFIXES: [&str; 4] = ["Report", "notes", "ÄRGER", "data"];
+    const KINDS: [FileKind; 3] = [FileKind::Text, FileKind::Pdf, FileKind::Image];
+    let mut files: Vec<(String, FileKind, Vec<String>)> = Vec::new();
+    for i in 0..120u32 {
+        let name = format!(
+            "{}-{i:03}.{}",
+            PREFIXES[i as usize % 4],
+            ["txt", "pdf"][i as usize % 2]
+        );
+        let kind = KINDS[i as usize % 3];
+        let mut tags = vec![format!("t{}", i % 7)];
+        if i % 10 != 0 {
+            tags.push("common".to_owned());
+        }
+        if i % 29 == 0 {
+            tags.push("rare".to_owned());
+        }
+        store.upsert_file(meta(&name, kind, "h", 1)).await.unwrap();
+        let list = tags.iter().map(|t| Tag::new(t.clone(), 0.5)).collect();
+        assert!(store.set_tags(&name, "h", list).await.unwrap());
+        files.push((name, kind, tags));
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let tag_sets: [&[&str]; 6] = [
+        &[],
+        &["common"],
+        &["common", "t3"],
+        &["rare"],
+        &["t1", "t2"],
+        &["common", "t0", "rare"],
+    ];
+    let name_queries = [
+        None,
+        Some("rep"),
+        Some("REPORT-0"),
+        Some("00"),
+        Some("ärger"),
+        Some("Ärger-01"),
+        Some("1.p"),
+        Some("-"),
+    ];
+    for tags in tag_sets {
+        for name in name_queries {
+            for kind in [None, Some(FileKind::Pdf)] {
+                for (offset, limit) in [(0, 1), (0, 7), (5, 7), (0, 200), (50, 3)] {
+                    let matching: Vec<&str> = files
+                        .iter()
+                        .filter(|(n, k, t)| {
+                            tags.iter().all(|tag| t.iter().any(|x| x == tag))
+                                && kind.is_none_or(|kind| *k == kind)
+                                && name.is_none_or(|q| {
+                                    n.to_ascii_lowercase().contains(&q.to_ascii_lowercase())
+                                })
+                        })
+                        .map(|(n, _, _)| n.as_str())
+                        .collect();
+                    let page = store
+                        .search(&query(tags, name, kind, offset, limit))
+                        .await
+                        .unwrap();
+                    let expected: Vec<&str> = matching
+                        .iter()
+                        .skip(offset as usize)
+                        .take(limit as usize)
+                        .copied()
+                        .collect();
+                    assert_eq!(
+                        (names(&page), page.total),
+                        (expected, matching.len() as u64),
+                        "tags {tags:?}, name {name:?}, kind {kind:?}, offset {offset}, limit {limit}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 async fn replacing_content_drops_stale_tags_and_rejects_late_tag_writes(store: &dyn GraphStore) {
     fill(store, &[("a.txt", FileKind::Text, &["old"])]).await;
     store
@@ -291,7 +373,7 @@ async fn scores_order_tags_and_duplicates_keep_the_best(store: &dyn GraphStore) 
     assert_eq!(store.counts().await.unwrap(), (1, 0));
 }
 
-async fn untagged_lists_oldest_first_with_a_limit(store: &dyn GraphStore) {
+async fn untagged_lists_oldest_first_with_a_limit_and_names_lists_all(store: &dyn GraphStore) {
     store
         .upsert_file(meta("late", FileKind::Text, "h", 30))
         .await
@@ -324,6 +406,11 @@ async fn untagged_lists_oldest_first_with_a_limit(store: &dyn GraphStore) {
     assert_eq!(untagged, vec!["a-early", "b-early"]);
     assert_eq!(store.untagged(10).await.unwrap().len(), 3);
     assert_eq!(store.counts().await.unwrap(), (4, 1));
+    let mut names = store.names().await.unwrap();
+    names.sort();
+    assert_eq!(names, ["a-early", "b-early", "done", "late"]);
+    assert!(store.remove_file("late").await.unwrap());
+    assert_eq!(store.names().await.unwrap().len(), 3);
 }
 
 macro_rules! conformance {
@@ -366,9 +453,46 @@ async fn search_on_falkordb_of_the_lab_storage_image() {
 
 conformance!(
     search_intersects_tags_and_filters_name_kind_with_pages,
+    search_matches_a_reference_on_generated_files,
     replacing_content_drops_stale_tags_and_rejects_late_tag_writes,
     neighbourhood_around_file_and_tag,
     awkward_strings_round_trip_verbatim,
     scores_order_tags_and_duplicates_keep_the_best,
-    untagged_lists_oldest_first_with_a_limit,
+    untagged_lists_oldest_first_with_a_limit_and_names_lists_all,
 );
+
+/// A FalkorDB graph written before names had trigrams and files kind labels is upgraded when
+/// the store first connects: searches by name and by kind find its files.
+#[tokio::test]
+async fn falkordb_graph_of_the_first_layout_is_upgraded() {
+    let server = RedisServer::falkordb().unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: redis::Value = redis::cmd("GRAPH.QUERY")
+        .arg("old")
+        .arg(
+            "CREATE (:File {name: 'Old-Report.pdf', lname: 'old-report.pdf', size: 3, \
+             sha256: 'h', kind: 'pdf', uploaded: 1, tagged: true})-[:TAGGED {score: 0.5}]->\
+             (t:Tag {name: 'old'}), (:File {name: 'notes.txt', lname: 'notes.txt', size: 3, \
+             sha256: 'h', kind: 'text', uploaded: 1, tagged: true})-[:TAGGED {score: 0.5}]->(t)",
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = FalkorGraphStore::new(&server.url(), "old").unwrap();
+    let page = store
+        .search(&query(&[], Some("REPORT"), None, 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["Old-Report.pdf"]);
+    let page = store
+        .search(&query(&["old"], None, Some(FileKind::Text), 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), ["notes.txt"]);
+    let page = store
+        .search(&query(&[], None, Some(FileKind::Pdf), 0, 10))
+        .await
+        .unwrap();
+    assert_eq!((names(&page), page.total), (vec!["Old-Report.pdf"], 1));
+}

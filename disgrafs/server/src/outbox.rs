@@ -72,7 +72,7 @@ impl Outbox {
     }
 
     /// The entry of `name`, if any.
-    async fn get(&self, name: &str) -> Result<Option<FileMeta>> {
+    pub(crate) async fn get(&self, name: &str) -> Result<Option<FileMeta>> {
         let path = self.dir.join(name);
         blocking(move || match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -118,7 +118,7 @@ pub(crate) async fn index(state: &AppState, meta: FileMeta) -> Result<()> {
 /// Replays the outbox every [`RETRY`] while both backends answer. First, once the backends
 /// answer: re-queues the files that the graph store lists as untagged (jobs lost with a
 /// restart of the embedded queue, or never queued because the server stopped in between),
-/// then records the stored files the graph does not know ([`crate::reconcile`]).
+/// then reconciles the graph with the stored files ([`crate::reconcile`]).
 pub(crate) async fn run(state: Arc<AppState>) {
     let mut requeued = false;
     let mut reconciled = false;
@@ -131,7 +131,7 @@ pub(crate) async fn run(state: Arc<AppState>) {
         }
         if requeued && !reconciled {
             match crate::reconcile::run(&state).await {
-                Ok(_) => reconciled = true,
+                Ok(()) => reconciled = true,
                 Err(e) => tracing::warn!("reconciling stored files with the graph: {e}"),
             }
         }

@@ -1,6 +1,8 @@
-//! Startup reconciliation: files in the blob store that the graph store does not describe —
-//! left by a crash between an upload's rename and its graph write, or copied into the data
-//! directory by hand — are recorded and queued for tagging.
+//! Startup reconciliation of the graph store with the blob store: stored files that the graph
+//! does not describe — left by a crash between an upload's rename and its graph write, or
+//! copied into the data directory by hand — are recorded and queued for tagging; graph records
+//! whose file is gone — removed by hand, or a crash between a delete's removal of the file and
+//! of its record — are removed.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,14 +24,32 @@ fn matches(meta: &FileMeta, blob: &BlobInfo) -> bool {
     meta.size == blob.size && secs(blob.modified) <= meta.uploaded
 }
 
-/// Records every stored file that has no matching graph record (and no outbox entry, which
-/// the outbox replay handles) and queues its tag job; returns the names it recorded. Runs
-/// while the server serves: each file is re-checked under the consistency lock, so an upload
-/// or delete that happened meanwhile wins.
-pub(crate) async fn run(state: &AppState) -> Result<Vec<String>> {
+/// Records every stored file that has no matching graph record and queues its tag job, then
+/// removes every record whose file is not stored; names with an outbox entry are left to the
+/// outbox replay. Runs while the server serves: each name is re-checked under the consistency
+/// lock, so an upload or delete that happened meanwhile wins.
+pub(crate) async fn run(state: &AppState) -> Result<()> {
     let pending: HashSet<String> = state.outbox.names().await?.into_iter().collect();
-    let mut recorded = Vec::new();
-    for blob in state.blobs.list().await? {
+    let blobs = state.blobs.list().await?;
+    let stored: HashSet<&str> = blobs.iter().map(|b| b.name.as_str()).collect();
+    for name in state.graph.names().await? {
+        if stored.contains(name.as_str()) || pending.contains(&name) {
+            continue;
+        }
+        let _exclusive = state.consistency.write().await;
+        let gone = match state.blobs.open(&name).await {
+            Ok(_) => false,
+            Err(Error::NotFound(_)) => state.outbox.get(&name).await?.is_none(),
+            // A name the blob store cannot hold has no file (and no outbox entry).
+            Err(Error::InvalidName(_)) => true,
+            Err(e) => return Err(e),
+        };
+        if gone {
+            state.graph.remove_file(&name).await?;
+            tracing::info!("{name} was recorded but is not stored; its record is removed");
+        }
+    }
+    for blob in blobs {
         if pending.contains(&blob.name) {
             continue;
         }
@@ -70,7 +90,6 @@ pub(crate) async fn run(state: &AppState) -> Result<Vec<String>> {
             "{} was stored without a matching graph record; recorded and queued",
             blob.name
         );
-        recorded.push(blob.name);
     }
-    Ok(recorded)
+    Ok(())
 }

@@ -871,6 +871,68 @@ async fn startup_records_and_tags_files_the_graph_does_not_know() {
     );
 }
 
+/// Graph records whose file is gone — removed by hand, or a crash between a delete's removal
+/// of the file and of its record — are removed at start, with their tags; records of stored
+/// files stay.
+#[tokio::test]
+async fn startup_removes_records_whose_file_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let graph = disgrafs_core::SqliteGraphStore::open(&dir.path().join("graph.sqlite")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (name, content, tag) in [
+        ("kept.txt", &b"still here"[..], "kept"),
+        ("gone.txt", &b"removed by hand"[..], "ghost"),
+    ] {
+        std::fs::write(files.join(name), content).unwrap();
+        let meta = disgrafs_core::FileMeta {
+            name: name.to_owned(),
+            size: content.len() as u64,
+            sha256: sha256_hex(content),
+            kind: disgrafs_core::FileKind::Text,
+            uploaded: now + 1,
+        };
+        disgrafs_core::GraphStore::upsert_file(&graph, meta)
+            .await
+            .unwrap();
+        let tags = vec![disgrafs_core::Tag::new(tag, 1.0)];
+        disgrafs_core::GraphStore::set_tags(&graph, name, &sha256_hex(content), tags)
+            .await
+            .unwrap();
+    }
+    drop(graph);
+    std::fs::remove_file(files.join("gone.txt")).unwrap();
+
+    let server = TestServer::start_in(dir, 1024).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.get_json("/api/files/gone.txt/tags").await.0 != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the record of gone.txt was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, page) = server.get_json("/api/search").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(file_names(&page), ["kept.txt"]);
+    assert_eq!(page["total"], 1, "{page}");
+    let (status, body) = server.get_json("/api/graph?tag=ghost").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the tag outlived its file: {body}"
+    );
+    assert_eq!(server.wait_for_tags("kept.txt").await, vec!["kept"]);
+    assert_eq!(
+        server.get("/api/files/gone.txt").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
 /// The real binary: CLI flags, the token from the environment, the limit, and a clear error
 /// without a token.
 #[tokio::test]

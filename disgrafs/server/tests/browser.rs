@@ -236,6 +236,7 @@ async fn page_state(client: &Client) -> Value {
         const total = document.getElementById("upload-total");
         const details = document.getElementById("details");
         return {
+            busy: document.getElementById("results").getAttribute("aria-busy") === "true",
             uploads,
             rows,
             summary: document.getElementById("search-summary").textContent,
@@ -272,12 +273,16 @@ fn row_names(state: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// Waits (at most [`WAIT`]) until the page state satisfies `condition`; returns that state.
+/// Waits (at most [`WAIT`]) until the page state satisfies `condition` and the page is not
+/// about to change it by itself (the results are not `aria-busy`: no search scheduled or in
+/// flight, no tags awaited); returns that state. Elements found afterwards stay in the page
+/// until the test acts: a search scheduled by the page would re-render the results and the
+/// graph under the test's element references (stale elements).
 async fn wait_for_state(client: &Client, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let state = page_state(client).await;
-        if condition(&state) {
+        if state["busy"] == false && condition(&state) {
             return state;
         }
         assert!(

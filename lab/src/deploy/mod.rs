@@ -24,7 +24,9 @@ use crate::topology::diag::{Sink, Span, Spanned};
 use crate::topology::value::{self, Fields, Value};
 use crate::topology::{Node, NodeKind};
 
-pub use run::{Deployed, Error, ServiceRecord, binary, image_of, start, stop, stop_recorded};
+pub use run::{
+    Deployed, Error, ServiceRecord, binary, image_of, restart, start, stop, stop_recorded,
+};
 
 /// The TCP port Redis listens on inside its node.
 pub const REDIS_PORT: u16 = 6379;

@@ -16,7 +16,9 @@
 //! processes (SIGTERM — to the group of a process, to the process itself in a container —,
 //! SIGKILL after 10 s) — also after a crash of the process that started them — then unmounts
 //! what is still mounted and removes the run directory. Service containers carry the lab's
-//! labels, so `lab down` removes them with the node containers.
+//! labels, so `lab down` removes them with the node containers. Services of a node that a
+//! socket redirect covers run as processes in a cgroup v2 directory of that node (see
+//! [`start`]), removed with the services.
 //!
 //! Each service is checked before the next one starts: Redis and FalkorDB answer `PING`,
 //! JuiceFS is in `/proc/self/mountinfo` (it runs in the foreground: no daemonizing, so no
@@ -25,6 +27,7 @@
 //! over 127.0.0.1, one on another node over that node's first address (IPv4 first).
 
 use std::ffi::OsString;
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -39,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::{Deployment, FALKORDB_PORT, REDIS_PORT, SERVER_PORT, Service, node_of};
 use crate::images::REPOSITORY;
 use crate::node::container::{Engine, EngineError, JoinedSpec};
+use crate::cgroup;
 use crate::state::{LabState, StateDir};
 use crate::topology::{Plan, Step, Topology};
 
@@ -99,6 +103,10 @@ pub struct Deployed {
     pub server: Option<SocketAddr>,
     /// Mount points, recorded before the mount is made.
     pub mounts: Vec<PathBuf>,
+    /// The cgroup v2 directory the services of a node run in, by node, for the nodes that
+    /// have one; recorded before it is made.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cgroups: BTreeMap<String, PathBuf>,
     /// The processes, in start order.
     pub services: Vec<ServiceRecord>,
 }
@@ -268,18 +276,15 @@ pub(crate) fn node_addr(topology: &Topology, node: &str) -> Option<IpAddr> {
         .copied()
 }
 
-/// Starts the services of `deploy` in the lab of `plan` (which is up, with its state file in
-/// `states`), in the order of [`Service::ALL`], each checked before the next one starts, and
-/// records them in the state file. On an error some may be running: they are recorded, and
-/// [`stop_recorded`] (or `lab down`) stops them. `runtime` drives the container engine's
-/// requests (for services on container nodes); call this from outside it.
-pub fn start(
-    deploy: &[Deployment],
-    topology: &Topology,
-    plan: &Plan,
-    states: &StateDir,
-    runtime: &tokio::runtime::Handle,
-) -> Result<Deployed, Error> {
+/// The state and context of the lab of `plan`, read from its state file in `states`;
+/// `runtime` drives the container engine's requests.
+fn context<'a>(
+    deploy: &'a [Deployment],
+    topology: &'a Topology,
+    plan: &'a Plan,
+    states: &'a StateDir,
+    runtime: &'a tokio::runtime::Handle,
+) -> Result<Ctx<'a>, Error> {
     let state = states
         .read(&plan.prefix, &plan.lab)
         .map_err(io_error("reading the lab's state file"))?
@@ -287,7 +292,7 @@ pub fn start(
             what: format!("lab {} has no state file", plan.lab),
             source: io::ErrorKind::NotFound.into(),
         })?;
-    let mut ctx = Ctx {
+    Ok(Ctx {
         deploy,
         topology,
         plan,
@@ -295,7 +300,25 @@ pub fn start(
         state,
         runtime,
         engine: None,
-    };
+    })
+}
+
+/// Starts the services of `deploy` in the lab of `plan` (which is up, with its state file in
+/// `states`), in the order of [`Service::ALL`], each checked before the next one starts, and
+/// records them in the state file. The services of the nodes in `isolated` run as processes in
+/// a cgroup v2 directory of their own per node, `<this process's cgroup>/<prefix>-<lab>.<node>`,
+/// so that a socket redirect can be attached to just them. On an error some may be running:
+/// they are recorded, and [`stop_recorded`] (or `lab down`) stops them. `runtime` drives the
+/// container engine's requests (for services on container nodes); call this from outside it.
+pub fn start(
+    deploy: &[Deployment],
+    topology: &Topology,
+    plan: &Plan,
+    states: &StateDir,
+    runtime: &tokio::runtime::Handle,
+    isolated: &[&str],
+) -> Result<Deployed, Error> {
+    let mut ctx = context(deploy, topology, plan, states, runtime)?;
     let dir = states.run_dir(&plan.prefix, &plan.lab);
     fs::create_dir_all(dir.join("logs"))
         .map_err(io_error(format!("creating {}", dir.display())))?;
@@ -309,9 +332,27 @@ pub fn start(
         token,
         server,
         mounts: Vec::new(),
+        cgroups: BTreeMap::new(),
         services: Vec::new(),
     };
     ctx.save()?;
+    if !isolated.is_empty() {
+        let home = cgroup::own().map_err(|message| Error::Service {
+            service: "cgroup",
+            node: isolated.join(", "),
+            message,
+        })?;
+        for &node in isolated {
+            let dir = home.join(format!("{}-{}.{node}", plan.prefix, plan.lab));
+            ctx.deployed().cgroups.insert(node.to_owned(), dir.clone());
+            ctx.save()?;
+            cgroup::make(&dir).map_err(|message| Error::Service {
+                service: "cgroup",
+                node: node.to_owned(),
+                message,
+            })?;
+        }
+    }
     for service in Service::ALL {
         for d in deploy {
             if d.services.iter().any(|s| s.value == service) {
@@ -448,6 +489,13 @@ fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Erro
         }
     }
     let (pid, mut child) = match &in_container {
+        Some(_) if ctx.deployed().cgroups.contains_key(node) => {
+            return Err(fail(
+                "a socket redirect covers this node's services, and it sees only processes in \
+                 the node's cgroup: run them as processes (--services processes)"
+                    .to_owned(),
+            ));
+        }
         Some(join) => {
             let (image, _) = image_of(service).unwrap_or_default();
             let spec = JoinedSpec {
@@ -475,6 +523,9 @@ fn start_one(ctx: &mut Ctx<'_>, service: Service, node: &str) -> Result<(), Erro
             command
                 .args(&argv[1..])
                 .envs(env.iter().map(|(k, v)| (k, v)));
+            if let Some(dir) = ctx.deployed().cgroups.get(node) {
+                cgroup::join_on_exec(&mut command, dir).map_err(|e| fail(e.to_string()))?;
+            }
             let child = spawn(ns.as_deref(), command, &log).map_err(|e| fail(e.to_string()))?;
             (child.id(), Some(child))
         }
@@ -679,26 +730,22 @@ fn signal(record: &ServiceRecord, signal: i32) {
 }
 
 /// Stops the services in `deployed` (last started first), copies their logs into `logs` if
-/// given, unmounts its mounts and removes its run directory. Processes that are gone, or whose
-/// PID now belongs to another process, are left alone.
+/// given, removes their cgroups, unmounts its mounts and removes its run directory. Processes
+/// that are gone, or whose PID now belongs to another process, are left alone.
 pub fn stop(deployed: &Deployed, logs: Option<&Path>) -> Result<(), Error> {
     for record in deployed.services.iter().rev() {
-        if !running(record) {
-            continue;
-        }
-        signal(record, libc::SIGTERM);
-        let started = Instant::now();
-        while running(record) && started.elapsed() < STOP_TIMEOUT {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if running(record) {
-            signal(record, libc::SIGKILL);
-            while running(record) && started.elapsed() < 2 * STOP_TIMEOUT {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        stop_process(record);
     }
     let copied = logs.map_or(Ok(()), |out| collect_logs(deployed, out));
+    let mut cgroups = Ok(());
+    for dir in deployed.cgroups.values() {
+        if let Err(source) = cgroup::remove(dir) {
+            cgroups = cgroups.and(Err(Error::Io {
+                what: "removing the services' cgroup".to_owned(),
+                source,
+            }));
+        }
+    }
     for mount in &deployed.mounts {
         if mounted(mount) {
             use rustix::mount::{UnmountFlags, unmount};
@@ -717,10 +764,55 @@ pub fn stop(deployed: &Deployed, logs: Option<&Path>) -> Result<(), Error> {
         });
     }
     match fs::remove_dir_all(&deployed.dir) {
-        Ok(()) => copied,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => copied,
+        Ok(()) => cgroups.and(copied),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => cgroups.and(copied),
         Err(e) => Err(io_error(format!("removing {}", deployed.dir.display()))(e)),
     }
+}
+
+/// Stops the process of `record` if it still runs: SIGTERM to its group, SIGKILL after
+/// [`STOP_TIMEOUT`].
+fn stop_process(record: &ServiceRecord) {
+    if !running(record) {
+        return;
+    }
+    signal(record, libc::SIGTERM);
+    let started = Instant::now();
+    while running(record) && started.elapsed() < STOP_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if running(record) {
+        signal(record, libc::SIGKILL);
+        while running(record) && started.elapsed() < 2 * STOP_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Stops `service` (every instance of it) in the lab of `plan` and starts it again on its
+/// node, as [`start`] did (in its node's cgroup, if it has one), waiting until it is ready.
+pub fn restart(
+    deploy: &[Deployment],
+    topology: &Topology,
+    plan: &Plan,
+    states: &StateDir,
+    runtime: &tokio::runtime::Handle,
+    service: Service,
+) -> Result<(), Error> {
+    let mut ctx = context(deploy, topology, plan, states, runtime)?;
+    let (stopped, kept): (Vec<ServiceRecord>, Vec<ServiceRecord>) =
+        std::mem::take(&mut ctx.deployed().services)
+            .into_iter()
+            .partition(|r| r.service == service);
+    for record in &stopped {
+        stop_process(record);
+    }
+    ctx.deployed().services = kept;
+    ctx.save()?;
+    for record in stopped {
+        start_one(&mut ctx, service, &record.node)?;
+    }
+    Ok(())
 }
 
 /// Stops what the state file of lab `lab` records (see [`stop`], which copies the logs into

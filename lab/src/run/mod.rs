@@ -6,13 +6,15 @@
 //!    before anything is created.
 //! 2. Plan the scenario's topology under the scenario's name (the lab is called like the
 //!    scenario) and bring it up; a guard takes it down again however the run ends. Start the
-//!    `[deploy]` services ([`crate::deploy`]), each checked before the next.
+//!    `[deploy]` services ([`crate::deploy`]), each checked before the next (those of a node
+//!    that a variant puts the socket redirect on in a cgroup of that node).
 //! 3. Warm up: every workload runs, unmeasured, for the scenario's `warmup`.
 //! 4. For each run of the seeded schedule ([`crate::scenario::schedule`]): put the links the
 //!    scenario changes into the variant's state, attach its accelerators (from a thread inside
-//!    the node's namespace; the socket redirect to a cgroup the whole runner joins, see
-//!    `run/sock_redirect.rs`), read the counters, run every workload together over the window
-//!    while a timer thread fires the events, read the counters again, detach.
+//!    the node's namespace; the socket redirect to a cgroup the whole runner joins and to the
+//!    cgroup of the node's services, see `run/sock_redirect.rs`, which also says why the
+//!    DisGraFS server is then restarted), read the counters, run every workload together over
+//!    the window while a timer thread fires the events, read the counters again, detach.
 //! 5. Stop the services and copy their logs into `OUT/services/`; build the [`Report`] from
 //!    every run's metrics and write it with [`Env`] into the output directory; take the lab
 //!    down.
@@ -40,7 +42,7 @@ pub use preflight::{netem_available, netem_needs, problems};
 use crate::apply;
 use crate::measure::{CpuTimes, latency_cdf};
 use crate::report::{Env, Report, VariantResults};
-use crate::scenario::{Scenario, Slot};
+use crate::scenario::{AcceleratorKind, Scenario, Slot};
 use crate::state::StateDir;
 use crate::topology::{Plan, PlanOptions, Prefix, Step};
 use progress::Progress;
@@ -283,15 +285,15 @@ pub fn run(
             &plan,
             &options.states,
             runtime,
+            &redirected_service_nodes(scenario),
         )
         .map(Some)
         .map_err(|e| ("starting the services".to_owned(), e.to_string()))
     };
     let mut failure = match deployed {
         Ok(deployed) => {
-            let token = deployed.map(|d| d.token);
             let vm_dir = options.states.vm_dir(&plan.prefix, &plan.lab);
-            match Lab::new(scenario, &plan, runtime, cpus, token, &vm_dir) {
+            match Lab::new(scenario, &plan, runtime, cpus, deployed, &options.states, &vm_dir) {
                 Ok(lab) => measure_all(scenario, &lab, &slots, interrupt, &progress, &mut results),
                 Err(e) => Some(("preparing the runs".to_owned(), e)),
             }
@@ -349,6 +351,25 @@ fn env(scenario: &[u8], dir: &Path, seed: u64, plan: &Plan) -> Env {
         }
     }
     env
+}
+
+/// The nodes that run deployed services and that a variant puts the socket redirect on: their
+/// services get a cgroup of their own (see `run/sock_redirect.rs`).
+fn redirected_service_nodes(scenario: &Scenario) -> Vec<&str> {
+    scenario
+        .deploy
+        .iter()
+        .map(|d| d.node.value.as_str())
+        .filter(|&node| {
+            scenario
+                .variants
+                .iter()
+                .flat_map(|v| &v.accelerators)
+                .any(|a| {
+                    a.node.value == node && matches!(a.kind, AcceleratorKind::SockRedirect { .. })
+                })
+        })
+        .collect()
 }
 
 /// Stops the lab's services (if any were started), copying their logs into `OUT/services/`.

@@ -4,38 +4,67 @@
 //! the cgroup of the process that creates it (an accepted socket to its listener's). The
 //! workloads run as threads of the runner, each entering a node's network namespace with
 //! `setns`: network namespaces do not change cgroups, so one cgroup holds them all. For each
-//! window with the redirect, the runner makes `<its own cgroup>/<prefix><lab>-sr`, moves its
+//! window with the redirect, the runner makes `<its own cgroup>/<prefix>-<lab>.sock-redirect`, moves its
 //! whole process there, and attaches the redirect to it; the workloads' sockets are made
 //! after that. When the window ends, the redirect is detached, the process moves back to the
 //! cgroup it came from and the directory is removed (also when the window failed). A
 //! directory left by a killed runner is empty and carries the lab's prefix.
+//!
+//! Deployed services are processes of their own: when a variant puts the redirect on a node
+//! that runs services, they were started in that node's cgroup ([`crate::deploy::start`]),
+//! and a second redirect is attached to it for the window. Their connections to each other
+//! (the DisGraFS server to Redis and FalkorDB) are long-lived, and the redirect only takes
+//! connections that become established while it is attached, so the runner restarts the
+//! DisGraFS server at the start of every window of such a scenario, whatever the variant: its
+//! connections are then new in each window, redirected or not.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use accel::sock_redirect::{Config, SockRedirect, Stats};
 
-/// The redirect attached for one window, with the cgroup the runner's process is in
-/// meanwhile; dropping it detaches, moves the process back and removes the cgroup.
+use crate::cgroup;
+
+/// The redirect attached for one window; dropping it detaches, and when the runner had moved
+/// into a cgroup of its own for it, moves the process back and removes that cgroup.
 pub(super) struct Redirect {
     // Dropped first: detached before the cgroup goes.
     redirect: SockRedirect,
-    cgroup: RunCgroup,
+    path: PathBuf,
+    _cgroup: Option<RunCgroup>,
 }
 
 impl Redirect {
     /// Makes the run's cgroup `name` under this process's own, moves the process into it and
     /// attaches the redirect of `ports` with gate bound `min_size` (0: no gate).
     pub(super) fn attach(name: &str, ports: &[u16], min_size: u32) -> Result<Self, String> {
-        let config = Config::new(ports, min_size).map_err(|e| e.to_string())?;
         let cgroup = RunCgroup::enter(name)?;
-        let redirect = SockRedirect::attach(&cgroup.path, &config).map_err(|e| {
-            format!(
-                "attach the socket redirect to {}: {e}",
-                cgroup.path.display()
-            )
-        })?;
-        Ok(Self { redirect, cgroup })
+        let path = cgroup.path.clone();
+        Self::attach_to(&path, ports, min_size, Some(cgroup))
+    }
+
+    /// Attaches the redirect to the cgroup `dir` that deployed services run in.
+    pub(super) fn attach_services(
+        dir: &Path,
+        ports: &[u16],
+        min_size: u32,
+    ) -> Result<Self, String> {
+        Self::attach_to(dir, ports, min_size, None)
+    }
+
+    fn attach_to(
+        dir: &Path,
+        ports: &[u16],
+        min_size: u32,
+        cgroup: Option<RunCgroup>,
+    ) -> Result<Self, String> {
+        let config = Config::new(ports, min_size).map_err(|e| e.to_string())?;
+        let redirect = SockRedirect::attach(dir, &config)
+            .map_err(|e| format!("attach the socket redirect to {}: {e}", dir.display()))?;
+        Ok(Self {
+            redirect,
+            path: dir.to_owned(),
+            _cgroup: cgroup,
+        })
     }
 
     /// The redirect's counters now.
@@ -43,7 +72,7 @@ impl Redirect {
         self.redirect.stats().map_err(|e| {
             format!(
                 "socket redirect on {}: read its counters: {e}",
-                self.cgroup.path.display()
+                self.path.display()
             )
         })
     }
@@ -90,78 +119,22 @@ struct RunCgroup {
 
 impl RunCgroup {
     fn enter(name: &str) -> Result<Self, String> {
-        let home = own_cgroup()?;
+        let home = cgroup::own()?;
         let path = home.join(name);
-        match fs::create_dir(&path) {
-            Ok(()) => {}
-            // Left by a runner that was killed: empty, so it can be reused.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("make cgroup {}: {e}", path.display())),
-        }
+        cgroup::make(&path)?;
         let cgroup = Self { path, home };
-        move_process(&cgroup.path)?;
+        cgroup::move_process(&cgroup.path)?;
         Ok(cgroup)
     }
 }
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        if let Err(e) = move_process(&self.home) {
+        if let Err(e) = cgroup::move_process(&self.home) {
             eprintln!("error: {e}");
         }
-        if let Err(e) = fs::remove_dir(&self.path) {
-            eprintln!("error: remove cgroup {}: {e}", self.path.display());
+        if let Err(e) = cgroup::remove(&self.path) {
+            eprintln!("error: {e}");
         }
-    }
-}
-
-/// Moves this whole process (every thread) into the cgroup directory `dir`.
-fn move_process(dir: &Path) -> Result<(), String> {
-    let procs = dir.join("cgroup.procs");
-    fs::write(&procs, std::process::id().to_string())
-        .map_err(|e| format!("move the runner into cgroup {}: {e}", dir.display()))
-}
-
-/// This process's cgroup directory in the cgroup v2 hierarchy (the whole of a pure v2 setup,
-/// the `unified` mount of a hybrid one).
-fn own_cgroup() -> Result<PathBuf, String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let mount = cgroup2_mount(&mountinfo).ok_or(
-        "the socket redirect needs a cgroup v2 hierarchy, and none is mounted (./setup mounts \
-         one)",
-    )?;
-    let membership = fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("read /proc/self/cgroup: {e}"))?;
-    let own = membership
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or("this process has no cgroup v2 entry in /proc/self/cgroup")?;
-    Ok(Path::new(mount).join(own.trim_start_matches('/')))
-}
-
-/// The mount point of the first cgroup2 file system in `mountinfo`.
-fn cgroup2_mount(mountinfo: &str) -> Option<&str> {
-    mountinfo.lines().find_map(|line| {
-        let (fields, fs) = line.split_once(" - ")?;
-        (fs.split(' ').next()? == "cgroup2").then(|| fields.split(' ').nth(4))?
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount_of_a_hybrid_setup() {
-        let mountinfo = "\
-            30 24 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs ro,mode=755\n\
-            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
-            42 31 0:39 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(cgroup2_mount(mountinfo), Some("/sys/fs/cgroup/unified"));
-        assert_eq!(
-            cgroup2_mount("30 24 0:26 / /sys rw - sysfs sysfs rw\n"),
-            None
-        );
     }
 }

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 
 use super::balance::{self, Balancer};
 use crate::apply::{self, LinkChange};
+use crate::deploy::{self, Deployed, Service};
 use crate::measure::{
     CpuTimes, LatencySummary, TcpCounters, busy_shares, cpu_seconds, cpu_seconds_per_gb, jain,
     per_second, process_cpu_time,
@@ -24,6 +25,7 @@ use crate::rps::Rps;
 use crate::scenario::{
     AcceleratorKind, EventAction, MonitorMode, Scenario, Variant, Workload, WorkloadKind,
 };
+use crate::state::StateDir;
 use crate::topology::{Impairment, Netns, Plan, Step, VethEnd};
 use crate::workloads::remote::{Served, ServerSpec};
 use crate::workloads::{
@@ -51,6 +53,10 @@ pub(super) struct Lab<'a> {
     /// The VM nodes that serve a workload: its server runs in the guest
     /// ([`ServerSpec`], started through the agent), its client here.
     vms: HashMap<&'a str, VmNode>,
+    /// The cgroup the deployed services of a node run in, for nodes that have one.
+    service_cgroups: BTreeMap<String, PathBuf>,
+    /// Where the lab's state file is, when the DisGraFS server is restarted every window.
+    restart_server: Option<&'a StateDir>,
 }
 
 /// What one window measured.
@@ -142,13 +148,16 @@ impl Attached {
 }
 
 impl<'a> Lab<'a> {
-    /// The lab of `plan`, brought up from `scenario`'s topology.
+    /// The lab of `plan`, brought up from `scenario`'s topology, with the services `deployed`
+    /// (recorded in `states`). When the DisGraFS server runs in a node's service cgroup, it is
+    /// restarted at the start of every window (see `run/sock_redirect.rs`).
     pub(super) fn new(
         scenario: &'a Scenario,
         plan: &'a Plan,
         runtime: &'a tokio::runtime::Handle,
         cpus: usize,
-        token: Option<String>,
+        deployed: Option<Deployed>,
+        states: &'a StateDir,
         vm_dir: &Path,
     ) -> Result<Self, String> {
         let netns = plan
@@ -206,6 +215,11 @@ impl<'a> Lab<'a> {
                 vms.insert(node, guest);
             }
         }
+        let (token, service_cgroups) =
+            deployed.map_or_else(Default::default, |d| (Some(d.token), d.cgroups));
+        let restart_server = deploy::node_of(&scenario.deploy, Service::DisgrafsServer)
+            .is_some_and(|node| service_cgroups.contains_key(node))
+            .then_some(states);
         Ok(Self {
             scenario,
             plan,
@@ -217,6 +231,8 @@ impl<'a> Lab<'a> {
             cpus,
             token,
             vms,
+            service_cgroups,
+            restart_server,
         })
     }
 
@@ -229,6 +245,17 @@ impl<'a> Lab<'a> {
     pub(super) fn measure(&self, variant: &Variant) -> Result<Measured, String> {
         self.reset_links(variant)?;
         let attached = self.attach(variant)?;
+        if let Some(states) = self.restart_server {
+            deploy::restart(
+                &self.scenario.deploy,
+                &self.scenario.topology,
+                self.plan,
+                states,
+                self.runtime,
+                Service::DisgrafsServer,
+            )
+            .map_err(|e| format!("restarting the DisGraFS server: {e}"))?;
+        }
         let tcp_before = self.tcp_counters()?;
         let cpu_before = CpuTimes::read().map_err(|e| format!("read /proc/stat: {e}"))?;
         let counters_before: Vec<Counters> = attached
@@ -471,6 +498,15 @@ impl<'a> Lab<'a> {
                         label: format!("sock_redirect.{node}"),
                         handle: Handle::SockRedirect(redirect),
                     });
+                    if let Some(dir) = self.service_cgroups.get(node) {
+                        let services =
+                            super::sock_redirect::Redirect::attach_services(dir, ports, *min_size)
+                                .map_err(|e| format!("variant `{}`: {e}", variant.name.value))?;
+                        attached.push(Attached {
+                            label: format!("sock_redirect.{node}-services"),
+                            handle: Handle::SockRedirect(services),
+                        });
+                    }
                 }
                 AcceleratorKind::Afxdp { iface, ports, cpus } => {
                     let [end, _] = self.link_of(variant, node, &iface.value)?;

@@ -173,7 +173,8 @@ pub enum AcceleratorKind {
     },
     /// Same-host TCP socket redirect (`accel::sock_redirect`). Its sock_ops program is
     /// attached to a cgroup the runner's own process joins for the window, so it covers the
-    /// workloads of every node that runs as a namespace of the runner, scoped by `ports`.
+    /// workloads of every node that runs as a namespace of the runner, scoped by `ports`; and,
+    /// when the node runs deployed services, to the cgroup they run in.
     SockRedirect {
         /// Ports whose connections are redirected (local or remote port), sorted, unique.
         ports: Vec<u16>,
