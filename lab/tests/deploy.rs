@@ -428,7 +428,7 @@ fn own_cgroup2_dir() -> anyhow::Result<PathBuf> {
 #[test]
 fn a_socket_redirect_covers_the_connections_between_deployed_services() -> anyhow::Result<()> {
     build_disgrafs()?;
-    let lab = TestLab::new(
+    let lab = TestLab::toml(
         r#"seed = 3
 repetitions = 2
 warmup = "300ms"
@@ -460,6 +460,7 @@ to = "server:8080"
 query = "name=lab"
 connections = 1
 "#,
+        PREFIX,
     )?;
     let out_dir = lab.dir.join("out");
     let out = lab.lab(&[
@@ -500,6 +501,6 @@ connections = 1
     );
     let cgroup = own_cgroup2_dir()?.join(format!("{PREFIX}-{}.server", lab.name));
     ensure!(!cgroup.exists(), "{} is left", cgroup.display());
-    ensure!(!lab.netns("server").exists(), "namespace left");
+    ensure!(!netns(&lab, "server").exists(), "namespace left");
     Ok(())
 }

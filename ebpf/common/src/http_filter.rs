@@ -389,18 +389,15 @@ mod tests {
             (policy.default_rule, policy.default_action),
             (1, ACTION_MONITOR)
         );
-        let short: Vec<(u64, u32, u32)> = policy.short[..policy.short_count as usize]
-            .iter()
-            .map(|p| (p.value, p.len, p.rule))
-            .collect();
-        assert_eq!(
-            short,
-            [
-                (pack_le(b"/admin"), 6, 2),
-                (pack_le(b"/api/"), 5, 3),
-                (pack_le(b"/a"), 2, 0)
-            ]
-        );
+        let expected = [
+            (pack_le(b"/admin"), 6, 2),
+            (pack_le(b"/api/"), 5, 3),
+            (pack_le(b"/a"), 2, 0),
+        ];
+        assert_eq!(policy.short_count as usize, expected.len());
+        for (p, want) in policy.short.iter().zip(expected) {
+            assert_eq!((p.value, p.len, p.rule), want);
+        }
 
         let mut empty_only = PortPolicy::default();
         empty_only.set_prefixes([(&b""[..], 7, ACTION_DROP)].into_iter());

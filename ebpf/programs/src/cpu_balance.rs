@@ -153,9 +153,7 @@ fn choose_cpu(key: &FlowKey) -> u32 {
     };
     // The other direction's first frame, on another CPU, may have recorded the flow since the
     // lookup: then that CPU stands. A full table evicts its least recently used flow.
-    if CB_FLOWS
-        .insert(key, &state, u64::from(BPF_NOEXIST))
-        .is_err()
+    if CB_FLOWS.insert(key, state, u64::from(BPF_NOEXIST)).is_err()
         && let Some(recorded) = CB_FLOWS.get_ptr(key)
     {
         // SAFETY: the entry's value, valid during the program's run; a u32 read whole.

@@ -105,10 +105,10 @@ fn update_checksum(checksum: u16, old: &[u64; 2], new: &[u64; 2]) -> u16 {
 #[classifier]
 pub fn udp_echo_count(ctx: TcContext) -> i32 {
     let Some(flow) = UG_FLOW.get(0) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let Some(stamp) = echo_stamp(&ctx, flow) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: a helper without arguments.
     let rtt = unsafe { bpf_ktime_get_ns() }.saturating_sub(stamp);
@@ -119,7 +119,7 @@ pub fn udp_echo_count(ctx: TcContext) -> i32 {
             e.latency[bucket] += 1;
         }
     });
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// The send time in an echo of `flow`, or `None` for any other frame. Fields are compared

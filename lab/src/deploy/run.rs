@@ -26,8 +26,8 @@
 //! tagger is still running after a second. Addresses: a service on the same node is reached
 //! over 127.0.0.1, one on another node over that node's first address (IPv4 first).
 
-use std::ffi::OsString;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Deployment, FALKORDB_PORT, REDIS_PORT, SERVER_PORT, Service, node_of};
+use crate::cgroup;
 use crate::images::REPOSITORY;
 use crate::node::container::{Engine, EngineError, JoinedSpec};
-use crate::cgroup;
 use crate::state::{LabState, StateDir};
 use crate::topology::{Plan, Step, Topology};
 

@@ -293,7 +293,15 @@ pub fn run(
     let mut failure = match deployed {
         Ok(deployed) => {
             let vm_dir = options.states.vm_dir(&plan.prefix, &plan.lab);
-            match Lab::new(scenario, &plan, runtime, cpus, deployed, &options.states, &vm_dir) {
+            match Lab::new(
+                scenario,
+                &plan,
+                runtime,
+                cpus,
+                deployed,
+                &options.states,
+                &vm_dir,
+            ) {
                 Ok(lab) => measure_all(scenario, &lab, &slots, interrupt, &progress, &mut results),
                 Err(e) => Some(("preparing the runs".to_owned(), e)),
             }

@@ -312,7 +312,7 @@ fn probe(socket: &UdpSocket, config: &UdpEcho) -> io::Result<Route> {
             return Err(e);
         }
         let frame = &frame[..n as usize];
-        if from.sll_pkttype != libc::PACKET_OUTGOING as u8 || !is_probe(frame, local, config.addr) {
+        if from.sll_pkttype != libc::PACKET_OUTGOING || !is_probe(frame, local, config.addr) {
             continue;
         }
         let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];

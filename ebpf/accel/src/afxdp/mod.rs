@@ -521,8 +521,7 @@ impl AfXdp {
             let _ = xdp.detach(link);
         }
         self.stop.store(true, Relaxed);
-        let ended = self
-            .workers
+        self.workers
             .drain(..)
             .map(|w| {
                 let result = w.thread.join().unwrap_or_else(|_| {
@@ -533,8 +532,7 @@ impl AfXdp {
                 });
                 (w.counters.snapshot(w.queue, w.zero_copy), result)
             })
-            .collect();
-        ended
+            .collect()
     }
 }
 
