@@ -3,9 +3,11 @@
 //! calling thread's network namespace.
 
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
 
-const NETLINK_GENERIC: i32 = 16;
+use rustix::net::{self, sockopt::Timeout};
+
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
@@ -97,36 +99,13 @@ fn family_id(socket: &OwnedFd, name: &str) -> io::Result<u16> {
 }
 
 fn open() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked and owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_GENERIC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: a valid timeval for SO_RCVTIMEO, alive during the call.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let socket = net::socket_with(
+        net::AddressFamily::NETLINK,
+        net::SocketType::RAW,
+        net::SocketFlags::CLOEXEC,
+        Some(net::netlink::GENERIC),
+    )?;
+    net::sockopt::set_socket_timeout(&socket, Timeout::Recv, Some(Duration::from_secs(5)))?;
     Ok(socket)
 }
 
@@ -150,29 +129,14 @@ fn message(kind: u16, flags: u16, seq: u32, cmd: u8, attrs: &[(u16, &[u8])]) -> 
 }
 
 fn send(socket: &OwnedFd, request: &[u8]) -> io::Result<()> {
-    // SAFETY: sends the bytes of `request`, alive during the call.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    net::send(socket, request, net::SendFlags::empty())?;
     Ok(())
 }
 
 fn receive(socket: &OwnedFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 32 * 1024];
-    // SAFETY: receives into `buf`, alive and as long as given during the call.
-    let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
+    let (n, _) = net::recv(socket, &mut buf[..], net::RecvFlags::empty())?;
+    buf.truncate(n);
     Ok(buf)
 }
 
