@@ -320,6 +320,33 @@ fn run_client(site: &Site, config: &UdpEcho) -> Result<UdpEchoResult, Error> {
     })
 }
 
+/// Waits until datagram `count` of a `pps` schedule that began at `start` is nearly due: sleeps
+/// when that is more than 60 µs away, else spins once (the caller loops).
+pub(super) fn wait_until_due(start: Instant, count: u64, pps: u64) {
+    let next = Duration::from_nanos(
+        u64::try_from(u128::from(count) * 1_000_000_000 / u128::from(pps)).unwrap_or(u64::MAX),
+    );
+    let wait = next.saturating_sub(start.elapsed());
+    if wait > Duration::from_micros(60) {
+        thread::sleep(wait - Duration::from_micros(50));
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// Sends a one-byte probe when `next` has come, and sets `next` 200 ms on.
+pub(super) fn probe_when_due(socket: &UdpSocket, next: &mut Instant) -> io::Result<()> {
+    if Instant::now() >= *next {
+        match socket.send(&[0]) {
+            Ok(_) => {}
+            Err(e) if transient(&e) => {}
+            Err(e) => return Err(e),
+        }
+        *next = Instant::now() + Duration::from_millis(200);
+    }
+    Ok(())
+}
+
 /// Sends 1-byte probes from `socket` (connected, with a read timeout) until one is echoed, for
 /// up to [`IDLE_TIMEOUT`]: address resolution and the path are ready before anything is
 /// counted. Probes are shorter than [`HEADER`], so a late probe echo is never taken for an
@@ -329,14 +356,7 @@ pub(super) fn first_echo(socket: &UdpSocket) -> io::Result<()> {
     let mut next_probe = Instant::now();
     let mut buffer = [0u8; HEADER];
     while Instant::now() < deadline {
-        if Instant::now() >= next_probe {
-            match socket.send(&[0]) {
-                Ok(_) => {}
-                Err(e) if transient(&e) => {}
-                Err(e) => return Err(e),
-            }
-            next_probe = Instant::now() + Duration::from_millis(200);
-        }
+        probe_when_due(socket, &mut next_probe)?;
         match socket.recv(&mut buffer) {
             Ok(_) => return Ok(()),
             Err(e) if timed_out(&e) || transient(&e) => {}
@@ -364,16 +384,7 @@ fn pace(
         let now = start.elapsed();
         let due = (now.as_nanos() * u128::from(pps) / 1_000_000_000) as u64 + 1;
         if due <= count {
-            let next = Duration::from_nanos(
-                u64::try_from(u128::from(count) * 1_000_000_000 / u128::from(pps))
-                    .unwrap_or(u64::MAX),
-            );
-            let wait = next.saturating_sub(start.elapsed());
-            if wait > Duration::from_micros(60) {
-                thread::sleep(wait - Duration::from_micros(50));
-            } else {
-                std::hint::spin_loop();
-            }
+            wait_until_due(start, count, pps);
             continue;
         }
         for _ in 0..(due - count).min(BURST) {

@@ -13,14 +13,17 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use accel::udp_gen::{EchoCount, Flow, UdpGen, bucket_low};
 use hdrhistogram::Histogram;
+use rustix::net;
 
-use super::udp_echo::{DRAIN, HEADER, UdpEcho, UdpEchoResult, first_echo, transient};
+use super::udp_echo::{
+    DRAIN, HEADER, UdpEcho, UdpEchoResult, first_echo, probe_when_due, wait_until_due,
+};
 use super::{Context as _, Error, IDLE_TIMEOUT, Site, Stop, latency_histogram};
 use crate::napi::{NapiThreads, thread_cpu_time};
 
@@ -125,14 +128,7 @@ fn pace(
             burst = burst.min(limit - count);
         }
         if burst == 0 {
-            let next = Duration::from_nanos(
-                u64::try_from(u128::from(count) * 1_000_000_000 / u128::from(pps))
-                    .unwrap_or(u64::MAX),
-            );
-            let wait = next.saturating_sub(start.elapsed());
-            if wait > Duration::from_micros(60) {
-                thread::sleep(wait - Duration::from_micros(50));
-            }
+            wait_until_due(start, count, pps);
             continue;
         }
         generator
@@ -279,14 +275,7 @@ fn probe(socket: &UdpSocket, config: &UdpEcho) -> io::Result<Route> {
     let mut frame = vec![0u8; 2048];
     let mut next_probe = Instant::now();
     while Instant::now() < deadline {
-        if Instant::now() >= next_probe {
-            match socket.send(&[0]) {
-                Ok(_) => {}
-                Err(e) if transient(&e) => {}
-                Err(e) => return Err(e),
-            }
-            next_probe = Instant::now() + Duration::from_millis(200);
-        }
+        probe_when_due(socket, &mut next_probe)?;
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
@@ -361,37 +350,17 @@ fn is_probe(frame: &[u8], local: SocketAddr, remote: SocketAddr) -> bool {
 /// An `AF_PACKET` socket seeing every frame of the calling thread's namespace, with a short
 /// read timeout.
 fn packet_socket() -> io::Result<OwnedFd> {
-    let all = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); the result is checked and owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(all),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    // SAFETY: a valid timeval for SO_RCVTIMEO, alive during the call.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let socket = net::socket_with(
+        net::AddressFamily::PACKET,
+        net::SocketType::RAW,
+        net::SocketFlags::CLOEXEC,
+        Some(net::eth::ALL),
+    )?;
+    net::sockopt::set_socket_timeout(
+        &socket,
+        net::sockopt::Timeout::Recv,
+        Some(Duration::from_millis(50)),
+    )?;
     Ok(socket)
 }
 
