@@ -114,6 +114,31 @@ impl NetNs {
     pub fn ip(&self, args: &str) -> anyhow::Result<()> {
         self.run(|| ip(args))?
     }
+
+    /// The MAC address of `iface` in this namespace (from `ip -o link show`).
+    pub fn mac(&self, iface: &str) -> anyhow::Result<[u8; 6]> {
+        let out = self.run(|| {
+            Command::new("ip")
+                .args(["-o", "link", "show", iface])
+                .output()
+        })??;
+        ensure!(out.status.success(), "ip link show {iface}: {}", out.status);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let address = text
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .with_context(|| format!("{iface} has no Ethernet address: {text}"))?;
+        let mut mac = [0u8; 6];
+        let mut parts = address.split(':');
+        for byte in &mut mac {
+            let part = parts
+                .next()
+                .with_context(|| format!("short MAC {address}"))?;
+            *byte = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC {address}"))?;
+        }
+        Ok(mac)
+    }
 }
 
 impl Drop for NetNs {
@@ -124,6 +149,66 @@ impl Drop for NetNs {
         if let Err(e) = fs::remove_file(&self.path) {
             eprintln!("testkit: remove {}: {e}", self.path.display());
         }
+    }
+}
+
+/// Two fresh namespaces, a client and a server, joined by a veth pair (`<server>s` in the
+/// server, `<client>c` in the client): the two-host lab most tests stand on. Both ends and both
+/// loopbacks are up. When no address is IPv6, IPv6 is turned off in both namespaces first (see
+/// [`disable_ipv6_autoconf`]); IPv6 addresses are added without DAD, so they work at once.
+#[derive(Debug)]
+pub struct VethPair {
+    /// The server's namespace.
+    pub server: NetNs,
+    /// The client's namespace.
+    pub client: NetNs,
+    /// The server's end of the link.
+    pub server_if: String,
+    /// The client's end of the link.
+    pub client_if: String,
+}
+
+impl VethPair {
+    /// Makes the pair with these addresses (`ADDR/LEN`) on the server's and the client's end,
+    /// and the MTU `mtu` on both ends when given.
+    pub fn new(
+        server_addrs: &[&str],
+        client_addrs: &[&str],
+        mtu: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let server = NetNs::new()?;
+        let client = NetNs::new()?;
+        if !server_addrs
+            .iter()
+            .chain(client_addrs)
+            .any(|a| a.contains(':'))
+        {
+            server.run(disable_ipv6_autoconf)??;
+            client.run(disable_ipv6_autoconf)??;
+        }
+        let (server_if, client_if) = (format!("{}s", server.name()), format!("{}c", client.name()));
+        let mtu = mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
+        server.ip(&format!(
+            "link add {server_if}{mtu} type veth peer name {client_if}{mtu} netns {}",
+            client.name()
+        ))?;
+        for (ns, iface, addrs) in [
+            (&server, &server_if, server_addrs),
+            (&client, &client_if, client_addrs),
+        ] {
+            for addr in addrs {
+                let nodad = if addr.contains(':') { " nodad" } else { "" };
+                ns.ip(&format!("addr add {addr} dev {iface}{nodad}"))?;
+            }
+            ns.ip(&format!("link set {iface} up"))?;
+            ns.ip("link set lo up")?;
+        }
+        Ok(Self {
+            server,
+            client,
+            server_if,
+            client_if,
+        })
     }
 }
 

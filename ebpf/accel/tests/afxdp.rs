@@ -16,7 +16,7 @@ use std::{
 
 use accel::afxdp::{self, AfXdp, Config, Mode};
 use anyhow::{Context as _, ensure};
-use testkit::NetNs;
+use testkit::{NetNs, VethPair};
 
 const PORT: u16 = 7777;
 const OTHER_PORT: u16 = 7778;
@@ -32,35 +32,17 @@ const MAX_PAYLOAD: usize = 1472;
 const MTU: u32 = 1600;
 
 /// Server and client namespaces joined by a veth pair, both families addressed.
-struct Lab {
-    server: NetNs,
-    client: NetNs,
-    s_if: String,
-    c_if: String,
-}
-
-fn lab() -> anyhow::Result<Lab> {
-    let server = NetNs::new()?;
-    let client = NetNs::new()?;
-    let (s_if, c_if) = (format!("{}s", server.name()), format!("{}c", client.name()));
-    server.ip(&format!(
-        "link add {s_if} mtu {MTU} type veth peer name {c_if} mtu {MTU} netns {}",
-        client.name()
-    ))?;
-    server.ip(&format!("addr add {SERVER_V4}/24 dev {s_if}"))?;
-    server.ip(&format!("addr add {SERVER_V6}/64 dev {s_if} nodad"))?;
-    server.ip(&format!("link set {s_if} up"))?;
-    client.ip(&format!("addr add {CLIENT_V4}/24 dev {c_if}"))?;
-    client.ip(&format!("addr add {CLIENT_V4_HOP}/24 dev {c_if}"))?;
-    client.ip(&format!("addr add {CLIENT_V6}/64 dev {c_if} nodad"))?;
-    client.ip(&format!("addr add {CLIENT_V6_HOP}/64 dev {c_if} nodad"))?;
-    client.ip(&format!("link set {c_if} up"))?;
-    Ok(Lab {
-        server,
-        client,
-        s_if,
-        c_if,
-    })
+fn lab() -> anyhow::Result<VethPair> {
+    VethPair::new(
+        &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
+        &[
+            &format!("{CLIENT_V4}/24"),
+            &format!("{CLIENT_V4_HOP}/24"),
+            &format!("{CLIENT_V6}/64"),
+            &format!("{CLIENT_V6_HOP}/64"),
+        ],
+        Some(MTU),
+    )
 }
 
 /// xorshift64*: reproducible payloads without a dependency.
@@ -184,7 +166,7 @@ fn wait_released(id: u32) -> anyhow::Result<()> {
 fn every_size_echoes_intact_over_ipv4_and_ipv6() -> anyhow::Result<()> {
     let lab = lab()?;
     let config = Config::new(&[PORT], Mode::Echo)?;
-    let fast = lab.server.run(|| AfXdp::start(&lab.s_if, &config))??;
+    let fast = lab.server.run(|| AfXdp::start(&lab.server_if, &config))??;
     let stats = fast.stats()?;
     ensure!(
         !stats.queues.is_empty() && stats.queues.iter().all(|q| !q.zero_copy),
@@ -201,7 +183,7 @@ fn every_size_echoes_intact_over_ipv4_and_ipv6() -> anyhow::Result<()> {
     // the frame); with offload off every frame carries a full checksum: both must echo.
     let was_on = lab
         .client
-        .run(|| accel::cpu_balance::set_tx_checksum(&lab.c_if, false))??;
+        .run(|| accel::cpu_balance::set_tx_checksum(&lab.client_if, false))??;
     ensure!(was_on, "veth starts with tx checksum offload on");
     for (to, seed) in [
         (SocketAddr::from((SERVER_V4, PORT)), 3),
@@ -232,7 +214,7 @@ fn other_ports_and_protocols_still_reach_the_kernel_stack() -> anyhow::Result<()
         kernel_socket.set_nonblocking(true)?;
         let other = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, OTHER_PORT))?;
         other.set_read_timeout(Some(Duration::from_secs(2)))?;
-        Ok((AfXdp::start(&lab.s_if, &config)?, kernel_socket, other))
+        Ok((AfXdp::start(&lab.server_if, &config)?, kernel_socket, other))
     })??;
     for server in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
         let to = SocketAddr::new(server, OTHER_PORT);
@@ -281,7 +263,7 @@ fn forward_sends_to_the_next_hop_with_valid_checksums() -> anyhow::Result<()> {
     lab.client.run(|| {
         std::fs::write("/proc/sys/net/ipv4/conf/all/accept_local", "1").context("accept_local")
     })??;
-    let mac = mac_of(&lab.client, &lab.c_if)?;
+    let mac = lab.client.mac(&lab.client_if)?;
     let config = Config::new(
         &[PORT],
         Mode::Forward {
@@ -290,7 +272,7 @@ fn forward_sends_to_the_next_hop_with_valid_checksums() -> anyhow::Result<()> {
             v6: Some(CLIENT_V6_HOP),
         },
     )?;
-    let fast = lab.server.run(|| AfXdp::start(&lab.s_if, &config))??;
+    let fast = lab.server.run(|| AfXdp::start(&lab.server_if, &config))??;
     let mut rng = Rng(9);
     for (server, client, hop) in [
         (
@@ -326,27 +308,16 @@ fn forward_sends_to_the_next_hop_with_valid_checksums() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mac_of(ns: &NetNs, iface: &str) -> anyhow::Result<[u8; 6]> {
-    let out = ns.run(|| {
-        Command::new("ip")
-            .args(["-j", "link", "show", iface])
-            .output()
-    })??;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = json[0]["address"].as_str().context("no address")?;
-    Ok(afxdp::parse_mac(text)?)
-}
-
 #[test]
 fn stopping_leaves_nothing_and_the_queue_binds_again_at_once() -> anyhow::Result<()> {
     let lab = lab()?;
     let config = Config::new(&[PORT], Mode::Echo)?;
     let to = SocketAddr::from((SERVER_V4, PORT));
     for round in 0..3 {
-        let fast = lab.server.run(|| AfXdp::start(&lab.s_if, &config))??;
+        let fast = lab.server.run(|| AfXdp::start(&lab.server_if, &config))??;
         let id = fast.program_id()?;
         ensure!(own_xdp_sockets()? >= 1, "no AF_XDP socket while running");
-        ensure!(xdp_attached(&lab.server, &lab.s_if)?);
+        ensure!(xdp_attached(&lab.server, &lab.server_if)?);
         lab.client
             .run(|| echo_sizes(to, [32].into_iter(), round))??;
         fast.stop()?;
@@ -355,7 +326,7 @@ fn stopping_leaves_nothing_and_the_queue_binds_again_at_once() -> anyhow::Result
             "round {round}: AF_XDP socket left open"
         );
         ensure!(
-            !xdp_attached(&lab.server, &lab.s_if)?,
+            !xdp_attached(&lab.server, &lab.server_if)?,
             "round {round}: XDP left attached"
         );
         wait_released(id)?;
@@ -400,7 +371,7 @@ fn cli_echoes_until_sigterm_then_reports_and_detaches() -> anyhow::Result<()> {
             "afxdp",
             "echo",
             "--iface",
-            &lab.s_if,
+            &lab.server_if,
             "--ports",
             &format!("{PORT},{OTHER_PORT}"),
             "--json",
@@ -431,7 +402,10 @@ fn cli_echoes_until_sigterm_then_reports_and_detaches() -> anyhow::Result<()> {
         json["total"]["rx_packets"] == echoed && json["total"]["tx_packets"] == echoed,
         "{echoed} echoes: {json}"
     );
-    ensure!(!xdp_attached(&lab.server, &lab.s_if)?, "XDP left attached");
+    ensure!(
+        !xdp_attached(&lab.server, &lab.server_if)?,
+        "XDP left attached"
+    );
 
     let bad = Command::new(env!("CARGO_BIN_EXE_accel"))
         .args(["afxdp", "echo", "--iface", "lo", "--ports", "x"])
@@ -460,7 +434,7 @@ fn cli_stops_after_its_duration_with_pinned_queue_threads() -> anyhow::Result<()
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_accel"))
         .args(["--netns", lab.server.name(), "afxdp", "echo", "--iface"])
-        .arg(&lab.s_if)
+        .arg(&lab.server_if)
         .args([
             "--ports",
             "7777",
@@ -486,10 +460,13 @@ fn cli_stops_after_its_duration_with_pinned_queue_threads() -> anyhow::Result<()
         "{json}"
     );
     ensure!(json["total"]["rx_packets"] == 0, "{json}");
-    ensure!(!xdp_attached(&lab.server, &lab.s_if)?, "XDP left attached");
+    ensure!(
+        !xdp_attached(&lab.server, &lab.server_if)?,
+        "XDP left attached"
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_accel"))
         .args(["--netns", lab.server.name(), "afxdp", "echo", "--iface"])
-        .arg(&lab.s_if)
+        .arg(&lab.server_if)
         .args(["--ports", "7777", "--cpus", "100000", "--duration", "1"])
         .output()?;
     let message = String::from_utf8_lossy(&bad.stderr);

@@ -19,7 +19,7 @@ use accel::{
 };
 use anyhow::{Context as _, ensure};
 use etherparse::PacketBuilder;
-use testkit::NetNs;
+use testkit::{NetNs, VethPair};
 
 const A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const B_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
@@ -375,20 +375,12 @@ fn tcp_retransmitted() -> anyhow::Result<u64> {
 #[test]
 fn tcp_through_the_balanced_interface_arrives_intact_and_in_order() -> anyhow::Result<()> {
     require_two_cpus()?;
-    let server_ns = NetNs::new()?;
-    let client_ns = NetNs::new()?;
-    let (s_if, c_if) = (
-        format!("{}s", server_ns.name()),
-        format!("{}c", client_ns.name()),
-    );
-    server_ns.ip(&format!(
-        "link add {s_if} type veth peer name {c_if} netns {}",
-        client_ns.name()
-    ))?;
-    server_ns.ip(&format!("addr add 10.202.0.1/24 dev {s_if}"))?;
-    server_ns.ip(&format!("link set {s_if} up"))?;
-    client_ns.ip(&format!("addr add 10.202.0.2/24 dev {c_if}"))?;
-    client_ns.ip(&format!("link set {c_if} up"))?;
+    let VethPair {
+        server: server_ns,
+        client: client_ns,
+        server_if: s_if,
+        client_if: c_if,
+    } = VethPair::new(&["10.202.0.1/24"], &["10.202.0.2/24"], None)?;
     // The sender's checksums must be complete: the cpumap drops the skb's checksum state.
     let was_on = client_ns.run(|| cpu_balance::set_tx_checksum(&c_if, false))??;
     ensure!(was_on, "veth starts with tx checksum offload on");

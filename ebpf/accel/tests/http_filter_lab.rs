@@ -21,7 +21,7 @@ use accel::{
     pin::{BPFFS, PinLayout},
 };
 use anyhow::{Context as _, ensure};
-use testkit::NetNs;
+use testkit::{NetNs, VethPair};
 
 const PORT: u16 = 8080;
 const POLICY: &str = r#"
@@ -52,22 +52,20 @@ struct Lab {
 }
 
 fn lab(subnet: u8) -> anyhow::Result<Lab> {
-    let (client, server) = (NetNs::new()?, NetNs::new()?);
-    client.run(testkit::disable_ipv6_autoconf)??;
-    server.run(testkit::disable_ipv6_autoconf)??;
-    let (c, s) = (format!("{}c", client.name()), format!("{}s", server.name()));
-    client.ip(&format!(
-        "link add {c} type veth peer name {s} netns {}",
-        server.name()
-    ))?;
-    client.ip(&format!("addr add 10.{subnet}.0.1/24 dev {c}"))?;
-    server.ip(&format!("addr add 10.{subnet}.0.2/24 dev {s}"))?;
-    client.ip(&format!("link set {c} up"))?;
-    server.ip(&format!("link set {s} up"))?;
+    let VethPair {
+        client,
+        server,
+        server_if,
+        ..
+    } = VethPair::new(
+        &[&format!("10.{subnet}.0.2/24")],
+        &[&format!("10.{subnet}.0.1/24")],
+        None,
+    )?;
     Ok(Lab {
         client,
         server,
-        server_iface: s,
+        server_iface: server_if,
         server_addr: SocketAddr::from(([10, subnet, 0, 2], PORT)),
     })
 }

@@ -14,7 +14,7 @@ use accel::{
     pin::{BPFFS, PinLayout},
 };
 use anyhow::{Context as _, ensure};
-use testkit::NetNs;
+use testkit::{NetNs, VethPair};
 
 /// Tracepoints every kernel has (the optional ones come on top).
 const REQUIRED_TRACEPOINTS: usize = 7;
@@ -238,34 +238,26 @@ fn tcp_transfer(server: &NetNs, client: &NetNs, bytes: usize) -> anyhow::Result<
 }
 
 /// Two namespaces joined by a veth, `10.88.0.1` (client) ↔ `10.88.0.2` (server).
-fn two_hosts() -> anyhow::Result<(NetNs, NetNs)> {
-    let (client, server) = (NetNs::new()?, NetNs::new()?);
-    client.run(testkit::disable_ipv6_autoconf)??;
-    server.run(testkit::disable_ipv6_autoconf)??;
-    client.ip(&format!(
-        "link add c0 type veth peer name s0 netns {}",
-        server.name()
-    ))?;
-    client.ip("addr add 10.88.0.1/24 dev c0")?;
-    client.ip("link set c0 up")?;
-    client.ip("link set lo up")?;
-    server.ip("addr add 10.88.0.2/24 dev s0")?;
-    server.ip("link set s0 up")?;
-    server.ip("link set lo up")?;
-    Ok((client, server))
+fn two_hosts() -> anyhow::Result<VethPair> {
+    VethPair::new(&["10.88.0.2/24"], &["10.88.0.1/24"], None)
 }
 
 #[test]
 fn tcp_retransmits_rise_when_segments_are_lost() -> anyhow::Result<()> {
-    let (client, server) = two_hosts()?;
-    let monitor = server.run(|| Monitor::attach("s0", None))??;
+    let VethPair {
+        client,
+        server,
+        server_if,
+        ..
+    } = two_hosts()?;
+    let monitor = server.run(|| Monitor::attach(&server_if, None))??;
 
     let before = monitor.stats()?;
     tcp_transfer(&server, &client, 2 << 20)?;
     let clean = monitor.stats()?.since(&before).total();
     assert!(
         clean.kernel.rx_packets > 30,
-        "the transfer's segments reached s0: {clean:?}"
+        "the transfer's segments reached {server_if}: {clean:?}"
     );
 
     // Drop every 10th data segment arriving at the server: the client must retransmit.

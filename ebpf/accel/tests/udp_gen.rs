@@ -14,7 +14,7 @@ use std::{
 
 use accel::udp_gen::{Flow, UdpGen, bucket_low};
 use anyhow::{Context as _, ensure};
-use testkit::NetNs;
+use testkit::{NetNs, VethPair};
 
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 1);
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 2);
@@ -23,55 +23,20 @@ const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd20, 4, 0, 0, 0, 0, 0, 2);
 const PORT: u16 = 7777;
 const FRAMES: u32 = 600;
 
-struct Lab {
-    server: NetNs,
-    client: NetNs,
-    s_if: String,
-    c_if: String,
-}
-
-fn lab() -> anyhow::Result<Lab> {
-    let server = NetNs::new()?;
-    let client = NetNs::new()?;
-    let (s_if, c_if) = (format!("{}s", server.name()), format!("{}c", client.name()));
-    server.ip(&format!(
-        "link add {s_if} type veth peer name {c_if} netns {}",
-        client.name()
-    ))?;
-    server.ip(&format!("addr add {SERVER_V4}/24 dev {s_if}"))?;
-    server.ip(&format!("addr add {SERVER_V6}/64 dev {s_if} nodad"))?;
-    server.ip(&format!("link set {s_if} up"))?;
-    client.ip(&format!("addr add {CLIENT_V4}/24 dev {c_if}"))?;
-    client.ip(&format!("addr add {CLIENT_V6}/64 dev {c_if} nodad"))?;
-    client.ip(&format!("link set {c_if} up"))?;
+fn lab() -> anyhow::Result<VethPair> {
+    let lab = VethPair::new(
+        &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
+        &[&format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64")],
+        None,
+    )?;
     // The generator's frames land on the server end's XDP ring: NAPI must run there.
-    let gro = server.run(|| {
+    let gro = lab.server.run(|| {
         Command::new("ethtool")
-            .args(["-K", &s_if, "gro", "on"])
+            .args(["-K", &lab.server_if, "gro", "on"])
             .status()
     })??;
-    ensure!(gro.success(), "ethtool -K {s_if} gro on: {gro}");
-    Ok(Lab {
-        server,
-        client,
-        s_if,
-        c_if,
-    })
-}
-
-fn mac_of(ns: &NetNs, iface: &str) -> anyhow::Result<[u8; 6]> {
-    let out = ns.run(|| {
-        Command::new("ip")
-            .args(["-j", "link", "show", iface])
-            .output()
-    })??;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = json[0]["address"].as_str().context("no address")?;
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16)?;
-    }
-    Ok(mac)
+    ensure!(gro.success(), "ethtool -K {} gro on: {gro}", lab.server_if);
+    Ok(lab)
 }
 
 /// An echo server in `ns` on `addr` until `stop`; returns the datagrams it echoed.
@@ -96,8 +61,8 @@ fn every_frame_is_echoed_and_counted_with_its_round_trip_over_ipv4_and_ipv6() ->
 {
     let lab = lab()?;
     let (server_mac, client_mac) = (
-        mac_of(&lab.server, &lab.s_if)?,
-        mac_of(&lab.client, &lab.c_if)?,
+        lab.server.mac(&lab.server_if)?,
+        lab.client.mac(&lab.client_if)?,
     );
     for (server, client) in [
         (
@@ -123,7 +88,7 @@ fn every_frame_is_echoed_and_counted_with_its_round_trip_over_ipv4_and_ipv6() ->
                     payload: 64,
                 };
                 let started = Instant::now();
-                let mut generator = UdpGen::start(&lab.c_if, &flow)?;
+                let mut generator = UdpGen::start(&lab.client_if, &flow)?;
                 for _ in 0..FRAMES / 50 {
                     generator.send(50)?;
                     thread::sleep(Duration::from_millis(2));
@@ -183,8 +148,8 @@ fn every_frame_is_echoed_and_counted_with_its_round_trip_over_ipv4_and_ipv6() ->
 fn other_traffic_still_reaches_the_clients_sockets() -> anyhow::Result<()> {
     let lab = lab()?;
     let (server_mac, client_mac) = (
-        mac_of(&lab.server, &lab.s_if)?,
-        mac_of(&lab.client, &lab.c_if)?,
+        lab.server.mac(&lab.server_if)?,
+        lab.client.mac(&lab.client_if)?,
     );
     let server = SocketAddr::from((SERVER_V4, PORT));
     lab.client.run(|| -> anyhow::Result<()> {
@@ -198,7 +163,7 @@ fn other_traffic_still_reaches_the_clients_sockets() -> anyhow::Result<()> {
             server,
             payload: 16,
         };
-        let generator = UdpGen::start(&lab.c_if, &flow)?;
+        let generator = UdpGen::start(&lab.client_if, &flow)?;
         let to_other = other.local_addr()?;
         lab.server.run(|| -> anyhow::Result<()> {
             // Same server port, another client port; and the flow's port from another one.
