@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use accel::afxdp::{self, AfXdp, Config, Mode};
+use accel::afxdp::{AfXdp, Config, Mode};
 use anyhow::{Context as _, ensure};
 use testkit::{NetNs, VethPair};
 
