@@ -1,7 +1,8 @@
 //! What the HTTP filter costs per dropped request, side by side in one run:
 //!
 //! (a) `BPF_PROG_TEST_RUN` (no device): the kernel's mean time per run of the filter and of an
-//!     XDP_DROP program on the same frame; ratio and added nanoseconds.
+//!     XDP_DROP program on the same frame; ratio and added nanoseconds — for that request, then
+//!     for requests of other kinds (out of scope, no rule, IPv6, a method not allowed).
 //! (b) A real veth path: a generator in one namespace (`accel::xdp_bench::TrafficGen`, frames
 //!     built and redirected in the kernel) sends the same frame over three veth pairs into a
 //!     second namespace, where the receiving end drops it with XDP_DROP, with the filter, or —
@@ -84,21 +85,57 @@ struct Args {
     bench: bool,
 }
 
-/// A browser's request for a blocked page, as one TCP segment to port 80.
-fn frame() -> anyhow::Result<Vec<u8>> {
-    let request = "GET /admin/users?page=2 HTTP/1.1\r\nHost: disgrafs.lab\r\n\
-        User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
-        Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
-        Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate\r\n\
-        Connection: keep-alive\r\nCookie: session=4f1c2a9b7e3d; theme=dark\r\n\r\n";
+/// The headers a browser sends after its request line.
+const BROWSER_HEADERS: &str = "Host: disgrafs.lab\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+    Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+    Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate\r\n\
+    Connection: keep-alive\r\nCookie: session=4f1c2a9b7e3d; theme=dark\r\n\r\n";
+
+/// `request_line` and a browser's headers as one TCP segment to `dport`, over IPv4 or IPv6.
+fn request_frame(v6: bool, dport: u16, request_line: &str) -> anyhow::Result<Vec<u8>> {
+    let payload = format!("{request_line}\r\n{BROWSER_HEADERS}");
+    let eth = PacketBuilder::ethernet2(GEN_MAC, RX_MAC);
+    let ip = if v6 {
+        eth.ipv6([0xfd; 16], [0xfe; 16], 64)
+    } else {
+        eth.ipv4([10, 203, 0, 2], [10, 203, 0, 1], 64)
+    };
     let mut frame = Vec::new();
-    PacketBuilder::ethernet2(GEN_MAC, RX_MAC)
-        .ipv4([10, 203, 0, 2], [10, 203, 0, 1], 64)
-        .tcp(40_000, 80, 1, 64_240)
+    ip.tcp(40_000, dport, 1, 64_240)
         .ack(1)
         .psh()
-        .write(&mut frame, request.as_bytes())?;
+        .write(&mut frame, payload.as_bytes())?;
     Ok(frame)
+}
+
+/// A browser's request for a blocked page, as one TCP segment to port 80.
+fn frame() -> anyhow::Result<Vec<u8>> {
+    request_frame(false, 80, "GET /admin/users?page=2 HTTP/1.1")
+}
+
+/// Requests of other kinds, timed under BPF_PROG_TEST_RUN only: what each path through the
+/// filter adds.
+fn kinds() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    Ok(vec![
+        (
+            "port out of scope",
+            request_frame(false, 443, "GET / HTTP/1.1")?,
+        ),
+        (
+            "GET, no rule",
+            request_frame(false, 80, "GET /index.html HTTP/1.1")?,
+        ),
+        ("GET, blocked prefix", frame()?),
+        (
+            "IPv6 GET, blocked prefix",
+            request_frame(true, 80, "GET /admin HTTP/1.1")?,
+        ),
+        (
+            "method not allowed",
+            request_frame(false, 80, "DELETE /files/a HTTP/1.1")?,
+        ),
+    ])
 }
 
 /// A veth pair from the generator's namespace into the receiver's.
@@ -358,6 +395,20 @@ fn main() -> anyhow::Result<()> {
         eprintln!("repetition {}: {times:?}", rep + 1);
         runs.push(times);
     }
+    let mut by_kind = serde_json::Map::new();
+    for (name, frame) in kinds()? {
+        let (mut added, mut ratio) = (Vec::new(), Vec::new());
+        for _ in 0..args.repetitions {
+            let floor = ns(bench.runner.time(Bench::Floor, &frame, args.frames)?);
+            let filter = ns(bench.runner.time(Bench::Filter, &frame, args.frames)?);
+            added.push(filter - floor);
+            ratio.push(filter / floor);
+        }
+        by_kind.insert(
+            name.to_owned(),
+            json!({ "added_ns": estimate(&added), "filter_over_floor": estimate(&ratio) }),
+        );
+    }
     let load_after = load_average()?;
 
     let of = |f: &dyn Fn(&Times) -> f64| estimate(&runs.iter().map(f).collect::<Vec<_>>());
@@ -367,6 +418,7 @@ fn main() -> anyhow::Result<()> {
         "frame_bytes": bench.frame.len(),
         "load_average_before": load_before,
         "load_average_after": load_after,
+        "test_run_by_kind": by_kind,
         "test_run": {
             "floor_ns": of(&|t| t.ttr_floor),
             "filter_ns": of(&|t| t.ttr_filter),
@@ -424,6 +476,15 @@ fn print_report(r: &serde_json::Value) {
     println!("    http_filter    {}", e(&t["filter_ns"]));
     println!("    added          {}", e(&t["added_ns"]));
     println!("    filter/floor   {}", e(&t["filter_over_floor"]));
+    if let Some(kinds) = r["test_run_by_kind"].as_object() {
+        for (name, k) in kinds {
+            println!(
+                "    {name:<26} added {}  filter/floor {}",
+                e(&k["added_ns"]),
+                e(&k["filter_over_floor"])
+            );
+        }
+    }
     println!("(b) veth, ns per frame (generator + transfer + receive)");
     println!("    generator alone {}", e(&v["generator_ns"]));
     println!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::BTreeMap, process::Command};
 
-use accel::http_filter::{Bench, Policy, TestRunner, Verdict, pcap, reference::classify};
+use accel::http_filter::{Policy, TestRunner, Verdict, pcap, reference::classify};
 use anyhow::{Context as _, ensure};
 use common::{Ext, POLICY, Spec};
 use proptest::{
@@ -852,59 +852,4 @@ fn check_command_replays_a_pcap() -> anyhow::Result<()> {
     })();
     std::fs::remove_dir_all(&dir)?;
     result
-}
-
-/// A request with the headers a browser sends.
-fn browser_request() -> String {
-    "GET /static/app.js?v=1723 HTTP/1.1\r\nHost: disgrafs.lab:8080\r\n\
-     User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
-     Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
-     Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate\r\n\
-     Connection: keep-alive\r\nReferer: http://disgrafs.lab:8080/search?q=graph\r\n\
-     Cookie: session=4f1c2a9b7e3d; theme=dark\r\nCache-Control: max-age=0\r\n\r\n"
-        .to_owned()
-}
-
-/// Prints the kernel's per-run cost of the filter and of an XDP_DROP-everything program on the
-/// same frames: `cargo nextest run -p accel --run-ignored only benchmark --no-capture`.
-#[test]
-#[ignore = "benchmark: prints numbers, asserts none"]
-fn benchmark_filter_against_drop_floor() -> anyhow::Result<()> {
-    const REPEAT: u32 = 2_000_000;
-    let policy = Policy::parse(POLICY).map_err(anyhow::Error::msg)?;
-    let mut runner = TestRunner::new(&policy)?;
-    for (name, frame) in [
-        (
-            "GET /index.html (no rule)",
-            Spec::get(80, "GET", "/index.html").build(),
-        ),
-        (
-            "GET /admin/public/secret/key (drop)",
-            Spec::get(80, "GET", "/admin/public/secret/key").build(),
-        ),
-        (
-            "IPv6 + ext headers GET /admin",
-            with(Spec::get(80, "GET", "/admin"), |s| {
-                s.v6 = true;
-                s.ext = vec![Ext::HopByHop, Ext::DestOpts(1)];
-            })
-            .build(),
-        ),
-        (
-            "browser-like GET, 420-byte request",
-            Spec::tcp(80, browser_request().as_bytes()).build(),
-        ),
-        ("port out of scope", Spec::get(443, "GET", "/").build()),
-    ] {
-        let floor = runner.time(Bench::Floor, &frame, REPEAT)?;
-        let filter = runner.time(Bench::Filter, &frame, REPEAT)?;
-        println!(
-            "{name:<40} filter {:>4} ns  floor {:>4} ns  added {:>4} ns  ratio {:.2}",
-            filter.as_nanos(),
-            floor.as_nanos(),
-            filter.as_nanos().saturating_sub(floor.as_nanos()),
-            filter.as_secs_f64() / floor.as_secs_f64()
-        );
-    }
-    Ok(())
 }
