@@ -404,23 +404,6 @@ fn a_service_that_fails_its_check_takes_the_lab_down() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cgroup v2 directory of this process (the lab binary it starts is there too).
-fn own_cgroup2_dir() -> anyhow::Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = mountinfo
-        .lines()
-        .find_map(|line| {
-            let (fields, fs) = line.split_once(" - ")?;
-            (fs.split(' ').next()? == "cgroup2").then(|| fields.split(' ').nth(4))?
-        })
-        .context("no cgroup2 mount")?;
-    let own = std::fs::read_to_string("/proc/self/cgroup")?
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        .context("no cgroup v2 entry")?;
-    Ok(Path::new(mount).join(own.trim_start_matches('/')))
-}
-
 /// A socket redirect on a node that runs services covers the services' connections to each
 /// other: they run in a cgroup of their node, the DisGraFS server is restarted every window so
 /// that its connections to Redis and FalkorDB are new, and they are redirected in the windows
@@ -499,7 +482,7 @@ connections = 1
         5,
         "{log}"
     );
-    let cgroup = own_cgroup2_dir()?.join(format!("{PREFIX}-{}.server", lab.name));
+    let cgroup = testkit::own_cgroup2_dir()?.join(format!("{PREFIX}-{}.server", lab.name));
     ensure!(!cgroup.exists(), "{} is left", cgroup.display());
     ensure!(!netns(&lab, "server").exists(), "namespace left");
     Ok(())

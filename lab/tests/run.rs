@@ -194,23 +194,6 @@ fn runs_a_scenario_end_to_end() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cgroup v2 directory of this process (its children start there too).
-fn own_cgroup2_dir() -> anyhow::Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = mountinfo
-        .lines()
-        .find_map(|line| {
-            let (fields, fs) = line.split_once(" - ")?;
-            (fs.split(' ').next()? == "cgroup2").then(|| fields.split(' ').nth(4))?
-        })
-        .context("no cgroup2 mount")?;
-    let own = std::fs::read_to_string("/proc/self/cgroup")?
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        .context("no cgroup v2 entry")?;
-    Ok(Path::new(mount).join(own.trim_start_matches('/')))
-}
-
 #[test]
 fn sock_redirect_redirects_same_node_traffic_while_attached() -> anyhow::Result<()> {
     let run = TestRun::new(
@@ -270,7 +253,7 @@ fn sock_redirect_redirects_same_node_traffic_while_attached() -> anyhow::Result<
         ensure!(variant.values("tcp_stream.process_cpu_s").len() == 2);
         ensure!(variant.values("tcp_rr.process_cpu_s_per_gb").len() == 2);
     }
-    let cgroup = own_cgroup2_dir()?.join(format!("{PREFIX}-{}.sock-redirect", run.name));
+    let cgroup = testkit::own_cgroup2_dir()?.join(format!("{PREFIX}-{}.sock-redirect", run.name));
     ensure!(!cgroup.exists(), "{} is left", cgroup.display());
     ensure!(run.namespaces_left()?.is_empty() && run.state_files_left() == 0);
     Ok(())

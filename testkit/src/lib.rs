@@ -369,7 +369,7 @@ impl Drop for TempCgroup {
 
 /// This process's cgroup directory in the cgroup v2 hierarchy (pure v2 or the `unified`
 /// mount of a hybrid setup).
-fn own_cgroup2_dir() -> anyhow::Result<PathBuf> {
+pub fn own_cgroup2_dir() -> anyhow::Result<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
     let mount = mountinfo
         .lines()
