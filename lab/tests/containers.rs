@@ -63,6 +63,15 @@ fn namespaces_left(lab: &TestLab) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Asserts that neither a container nor a namespace of the lab's prefix is left.
+fn assert_nothing_left(lab: &TestLab, engine: &Engine) -> anyhow::Result<()> {
+    let containers = containers_left(lab, engine)?;
+    assert!(containers.is_empty(), "containers left: {containers:?}");
+    let namespaces = namespaces_left(lab)?;
+    assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
+    Ok(())
+}
+
 /// client (netns) — router (netns) — web (container running busybox httpd), routed v4.
 const MIXED: &str = r#"
 [nodes.client]
@@ -153,12 +162,7 @@ fn container_and_netns_nodes_pass_traffic_both_ways() -> anyhow::Result<()> {
     assert!(ping.contains("1 received"), "{ping}");
 
     ok(lab.lab(&["down", &lab.name])?, "lab down")?;
-    assert!(containers_left(&lab, &engine)?.is_empty(), "container left");
-    assert!(
-        namespaces_left(&lab)?.is_empty(),
-        "{:?}",
-        namespaces_left(&lab)?
-    );
+    assert_nothing_left(&lab, &engine)?;
     Ok(())
 }
 
@@ -200,15 +204,7 @@ fn two_linux_clab_runs_its_linux_nodes_as_containers() -> anyhow::Result<()> {
     assert_eq!(link[0]["mtu"], 9000, "{link}");
 
     lab.lab_ok(&["down", &lab.name])?;
-    assert!(
-        containers_left(&lab, &engine)?.is_empty(),
-        "containers left"
-    );
-    assert!(
-        namespaces_left(&lab)?.is_empty(),
-        "{:?}",
-        namespaces_left(&lab)?
-    );
+    assert_nothing_left(&lab, &engine)?;
     Ok(())
 }
 
@@ -272,16 +268,7 @@ fn down_all_removes_containers_after_kill_of_up() -> anyhow::Result<()> {
     );
 
     ok(lab.lab(&["down", "--all"])?, "lab down --all")?;
-    assert!(
-        containers_left(&lab, &engine)?.is_empty(),
-        "containers left: {:?}",
-        containers_left(&lab, &engine)?
-    );
-    assert!(
-        namespaces_left(&lab)?.is_empty(),
-        "{:?}",
-        namespaces_left(&lab)?
-    );
+    assert_nothing_left(&lab, &engine)?;
     let host_links = Command::new("ip").args(["-j", "link", "show"]).output()?;
     assert!(
         !String::from_utf8_lossy(&host_links.stdout).contains(&format!("\"{}", lab.prefix)),

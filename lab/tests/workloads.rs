@@ -118,8 +118,8 @@ fn udp_echo_gets_every_echo_on_a_clean_link() {
     assert_eq!(result.latency.len(), 2_000);
 }
 
-#[test]
-fn udp_echo_counts_losses() {
+/// 1 000 datagrams from `generator` through a link that drops: some are counted lost.
+fn udp_echo_counts_losses_of(generator: Generator, port: u16) {
     let pair = Pair::new();
     // The kernel may lack netem: a token bucket with a tiny queue drops what overflows it.
     let tc = pair.server.run(|| {
@@ -130,8 +130,8 @@ fn udp_echo_counts_losses() {
     assert!(tc.unwrap().unwrap().success());
     let (server, client) = pair.sites();
     let config = UdpEcho {
-        generator: Generator::Socket,
-        addr: addr(7005),
+        generator,
+        addr: addr(port),
         pps: 10_000,
         size: 64,
         stop: Stop::Count(1_000),
@@ -140,6 +140,11 @@ fn udp_echo_counts_losses() {
     assert_eq!(result.sent, 1_000);
     assert!(result.lost() > 0, "{result:?}");
     assert!(result.received < 1_000);
+}
+
+#[test]
+fn udp_echo_counts_losses() {
+    udp_echo_counts_losses_of(Generator::Socket, 7005);
 }
 
 /// `ethtool -k` flags and the `threaded` knob of `iface` in `ns`, as text.
@@ -183,25 +188,7 @@ fn udp_echo_xdp_gets_every_echo_measures_the_server_and_restores_the_link() {
 
 #[test]
 fn udp_echo_xdp_counts_losses() {
-    let pair = Pair::new();
-    let tc = pair.server.run(|| {
-        std::process::Command::new("tc")
-            .args("qdisc add dev eth0 root tbf rate 1mbit burst 2kb limit 2kb".split(' '))
-            .status()
-    });
-    assert!(tc.unwrap().unwrap().success());
-    let (server, client) = pair.sites();
-    let config = UdpEcho {
-        generator: Generator::Xdp,
-        addr: addr(7010),
-        pps: 10_000,
-        size: 64,
-        stop: Stop::Count(1_000),
-    };
-    let result = udp_echo(&server, &client, &config).unwrap();
-    assert_eq!(result.sent, 1_000);
-    assert!(result.lost() > 0, "{result:?}");
-    assert!(result.received < 1_000);
+    udp_echo_counts_losses_of(Generator::Xdp, 7010);
 }
 
 #[test]
