@@ -15,7 +15,8 @@ use aya::{
 };
 use ebpf_common::monitor::{
     CONFIG_MAP, COUNTERS_MAP, CPUMAP_TRACEPOINT, Config, CpuCounters, IFACE_COUNTERS_MAP,
-    IfaceCounters, TRACEPOINTS, Tracepoint, XDP_PROGRAM,
+    IfaceCounters, KernelOffsets, OFFSETS_GLOBAL, TRACEPOINTS, Tracepoint, UNKNOWN_OFFSET,
+    XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -297,16 +298,23 @@ impl Monitor {
         let netns = fs::metadata("/proc/thread-self/ns/net")
             .map_err(Error::io("/proc/thread-self/ns/net"))?
             .ino();
-        let mut ebpf = object::load(ACCELERATOR, OBJECT)?;
-
-        // Both BTF readers must work for tp_btf and the scope offsets; otherwise raw_tp.
+        // Both BTF readers must work for tp_btf and the offsets; otherwise raw_tp.
         let btf = (wanted == Flavour::TpBtf)
             .then(|| Btf::from_sys_fs().ok().zip(KernelBtf::from_sys_fs().ok()))
             .flatten();
-        let (flavour, config) = match &btf {
-            Some((_, kernel)) => (Flavour::TpBtf, scoped_config(kernel, ifindex, netns)),
-            None => (Flavour::RawTp, Config::UNSCOPED),
+        let (flavour, offsets) = match &btf {
+            Some((_, kernel)) => (Flavour::TpBtf, kernel_offsets(kernel)),
+            None => (Flavour::RawTp, KernelOffsets::UNKNOWN),
         };
+        let config = if offsets.can_scope() {
+            Config {
+                ifindex,
+                netns_inum: u32::try_from(netns).unwrap_or(0),
+            }
+        } else {
+            Config::UNSCOPED
+        };
+        let mut ebpf = object::load_with_global(ACCELERATOR, OBJECT, OFFSETS_GLOBAL, &offsets)?;
         let scoped = config.ifindex != 0;
         let mut config_map: Array<_, Config> =
             Array::try_from(object::map_mut(&mut ebpf, ACCELERATOR, CONFIG_MAP)?)
@@ -435,33 +443,16 @@ impl Monitor {
     }
 }
 
-/// The configuration scoping packet counts to `ifindex` in the namespace `netns`, with the
-/// kernel's offsets; unscoped when an offset is missing.
-fn scoped_config(btf: &KernelBtf, ifindex: u32, netns: u64) -> Config {
-    let offsets = (
-        btf.offset("sk_buff", &["dev"]),
-        btf.offset("net_device", &["ifindex"]),
-        btf.offset("net_device", &["nd_net"]),
-        btf.offset("net", &["ns", "inum"]),
-    );
-    let skb_len = btf
-        .offset("sk_buff", &["len"])
-        .unwrap_or(Config::UNSCOPED.skb_len);
-    match offsets {
-        (Some(skb_dev), Some(dev_ifindex), Some(dev_nd_net), Some(net_inum)) => Config {
-            ifindex,
-            netns_inum: u32::try_from(netns).unwrap_or(0),
-            skb_len,
-            skb_dev,
-            dev_ifindex,
-            dev_nd_net,
-            net_inum,
-            reserved: 0,
-        },
-        _ => Config {
-            skb_len,
-            ..Config::UNSCOPED
-        },
+/// The kernel's structure offsets the tp_btf program reads, from its BTF.
+fn kernel_offsets(btf: &KernelBtf) -> KernelOffsets {
+    let known = |offset: Option<u32>| offset.unwrap_or(UNKNOWN_OFFSET);
+    KernelOffsets {
+        skb_len: known(btf.offset("sk_buff", &["len"])),
+        skb_dev: known(btf.offset("sk_buff", &["dev"])),
+        dev_ifindex: known(btf.offset("net_device", &["ifindex"])),
+        dev_nd_net: known(btf.offset("net_device", &["nd_net"])),
+        net_inum: known(btf.offset("net", &["ns", "inum"])),
+        reserved: 0,
     }
 }
 

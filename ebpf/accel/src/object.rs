@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, Pod,
+    Ebpf, EbpfLoader, Pod,
     maps::{Map, MapData, PerCpuArray},
     programs::{
         Xdp, XdpMode,
@@ -40,10 +40,28 @@ pub enum AttachMode {
 
 /// Loads an accelerator's ELF object (creating its maps).
 pub(crate) fn load(object: &'static str, bytes: &[u8]) -> Result<Ebpf> {
-    Ebpf::load(bytes).map_err(|source| Error::Load {
+    Ebpf::load(bytes).map_err(load_error(object))
+}
+
+/// Loads `object` like [`load`] with its read-only global `name` set to `value`: the verifier
+/// then treats `value` as a constant.
+pub(crate) fn load_with_global<T: Pod>(
+    object: &'static str,
+    bytes: &[u8],
+    name: &str,
+    value: &T,
+) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global(name, value, true)
+        .load(bytes)
+        .map_err(load_error(object))
+}
+
+fn load_error(object: &'static str) -> impl FnOnce(aya::EbpfError) -> Error {
+    move |source| Error::Load {
         object,
         source: Box::new(source),
-    })
+    }
 }
 
 /// Attaches `program` (named `name`) to `iface` in the calling thread's network namespace.

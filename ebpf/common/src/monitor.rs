@@ -2,8 +2,9 @@
 //!
 //! Tracepoint programs (tp_btf, or raw_tp on kernels without BTF) count per CPU into one
 //! [`CpuCounters`] slot of [`COUNTERS_MAP`]; an optional XDP program counts frames at one
-//! interface into [`IFACE_COUNTERS_MAP`]. User space fills [`CONFIG_MAP`] before attaching:
-//! the interface scope and the kernel's structure offsets, read from its BTF.
+//! interface into [`IFACE_COUNTERS_MAP`]. User space sets the kernel's structure offsets, read
+//! from its BTF, as the read-only global [`OFFSETS_GLOBAL`] when it loads the object, and fills
+//! [`CONFIG_MAP`] (the interface scope) before attaching.
 
 /// Name of the per-CPU array (one [`IfaceCounters`] slot) filled by the optional XDP program.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
@@ -189,10 +190,7 @@ impl CpuCounters {
     }
 }
 
-/// Scope and kernel structure offsets, one slot written by user space.
-///
-/// Offsets are byte offsets in the running kernel's structures; `u32::MAX` means unknown
-/// (the program then does not read that field).
+/// The interface scope of packet counts, one slot written by user space before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -200,6 +198,27 @@ pub struct Config {
     pub ifindex: u32,
     /// ... in the network namespace with this inode number (0: any namespace).
     pub netns_inum: u32,
+}
+
+impl Config {
+    /// Counts packets on every interface.
+    pub const UNSCOPED: Self = Self {
+        ifindex: 0,
+        netns_inum: 0,
+    };
+}
+
+/// Name of the read-only global ([`KernelOffsets`]) user space sets when it loads the object.
+pub const OFFSETS_GLOBAL: &str = "MONITOR_OFFSETS";
+
+/// Byte offsets in the running kernel's structures, read from its BTF and set as a read-only
+/// global at load time: the verifier then knows them as constants, so the tp_btf program
+/// reads the fields with plain loads instead of `bpf_probe_read_kernel` calls (one load each
+/// instead of a helper call each: the per-packet cost that matters). [`UNKNOWN_OFFSET`] means
+/// the BTF did not give the field, and the program does not read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
     /// `offsetof(struct sk_buff, len)`.
     pub skb_len: u32,
     /// `offsetof(struct sk_buff, dev)`.
@@ -218,11 +237,9 @@ pub struct Config {
 /// Marks an offset the kernel's BTF did not give.
 pub const UNKNOWN_OFFSET: u32 = u32::MAX;
 
-impl Config {
-    /// No scope, no offsets: counts packets on every interface, without bytes.
-    pub const UNSCOPED: Self = Self {
-        ifindex: 0,
-        netns_inum: 0,
+impl KernelOffsets {
+    /// No offsets: packets are counted without bytes and cannot be scoped.
+    pub const UNKNOWN: Self = Self {
         skb_len: UNKNOWN_OFFSET,
         skb_dev: UNKNOWN_OFFSET,
         dev_ifindex: UNKNOWN_OFFSET,
@@ -230,6 +247,14 @@ impl Config {
         net_inum: UNKNOWN_OFFSET,
         reserved: 0,
     };
+
+    /// Whether the offsets a scoped count reads are all known.
+    pub const fn can_scope(&self) -> bool {
+        self.skb_dev != UNKNOWN_OFFSET
+            && self.dev_ifindex != UNKNOWN_OFFSET
+            && self.dev_nd_net != UNKNOWN_OFFSET
+            && self.net_inum != UNKNOWN_OFFSET
+    }
 }
 
 // SAFETY: plain #[repr(C)] structs of u64 / u32 fields, sizes multiples of 8: no padding,
@@ -242,6 +267,9 @@ unsafe impl aya::Pod for CpuCounters {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for KernelOffsets {}
 
 #[cfg(test)]
 mod tests {

@@ -3,22 +3,25 @@
 //! redirects, redirect errors and exceptions, cpumap kthread work — and an optional XDP
 //! frame counter on one interface.
 //!
-//! Every tracepoint program exists twice with the same body: as tp_btf (kernels with BTF) and
-//! as raw_tp (without); user space loads one of each pair. Neither needs tracefs.
+//! Every tracepoint program exists twice: as tp_btf (kernels with BTF) and as raw_tp (without),
+//! with the same body except on `netif_receive_skb`, where only tp_btf can read the skb; user
+//! space loads one of each pair. Neither needs tracefs.
 #![no_std]
 #![no_main]
 
-use core::ffi::c_void;
+use core::{ffi::c_void, ptr::read_volatile};
 
 use aya_ebpf::{
     EbpfContext,
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint, xdp},
     maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, XdpContext},
 };
-use ebpf_common::monitor::{Config, CpuCounters, IfaceCounters, NET_RX_SOFTIRQ, UNKNOWN_OFFSET};
+use ebpf_common::monitor::{
+    Config, CpuCounters, IfaceCounters, KernelOffsets, NET_RX_SOFTIRQ, UNKNOWN_OFFSET,
+};
 use ebpf_programs::with_percpu_slot;
 
 #[map]
@@ -51,42 +54,71 @@ fn arg(ctx: *mut c_void, n: usize) -> u64 {
     unsafe { *(ctx as *const u64).add(n) }
 }
 
-/// Reads a `T` at `base + offset` in kernel memory.
+/// The running kernel's structure offsets: set by user space at load time in this read-only
+/// global, so the verifier sees constants (required for plain loads through the tp_btf
+/// program's typed `sk_buff` pointer).
+#[unsafe(no_mangle)]
+static MONITOR_OFFSETS: KernelOffsets = KernelOffsets::UNKNOWN;
+
+/// Reads a `T` at `base + offset` through a BTF-typed kernel pointer: a plain load, which the
+/// verifier checks against the structure's BTF and makes fault-safe (a bad pointer reads 0).
 #[inline(always)]
-fn read_at<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == UNKNOWN_OFFSET {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel copies through a fault-safe helper; a bad address fails.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+fn load_at<T: Copy>(base: u64, offset: u32) -> T {
+    // SAFETY: tp_btf only, where `base` is a typed kernel pointer and `offset` a constant to
+    // the verifier; it rejects a load outside the structure.
+    unsafe { *((base + offset as u64) as *const T) }
 }
 
-/// `netif_receive_skb(struct sk_buff *skb)`: counts the packet when it is in scope.
+/// tp_btf on `netif_receive_skb(struct sk_buff *skb)`: counts the packet and its bytes when
+/// it is in scope, reading the skb, its device and the device's namespace with plain loads.
 #[inline(always)]
 fn on_netif_receive_skb(ctx: *mut c_void) -> i32 {
     let skb = arg(ctx, 0);
+    // SAFETY: a read of this object's own read-only global.
+    let offsets = |field: &u32| unsafe { read_volatile(field) };
+    let skb_len = offsets(&MONITOR_OFFSETS.skb_len);
+    let skb_dev = offsets(&MONITOR_OFFSETS.skb_dev);
+    let dev_ifindex = offsets(&MONITOR_OFFSETS.dev_ifindex);
+    let dev_nd_net = offsets(&MONITOR_OFFSETS.dev_nd_net);
+    let net_inum = offsets(&MONITOR_OFFSETS.net_inum);
     let Some(config) = MONITOR_CONFIG.get(0) else {
         return 0;
     };
     if config.ifindex != 0 {
-        let Some(dev) = read_at::<u64>(skb, config.skb_dev) else {
+        if skb_dev == UNKNOWN_OFFSET || dev_ifindex == UNKNOWN_OFFSET {
             return 0;
-        };
-        if read_at::<u32>(dev, config.dev_ifindex) != Some(config.ifindex) {
+        }
+        let dev: u64 = load_at(skb, skb_dev);
+        if dev == 0 || load_at::<u32>(dev, dev_ifindex) != config.ifindex {
             return 0;
         }
         if config.netns_inum != 0 {
-            let net = read_at::<u64>(dev, config.dev_nd_net).unwrap_or(0);
-            if read_at::<u32>(net, config.net_inum) != Some(config.netns_inum) {
+            if dev_nd_net == UNKNOWN_OFFSET || net_inum == UNKNOWN_OFFSET {
+                return 0;
+            }
+            let net: u64 = load_at(dev, dev_nd_net);
+            if net == 0 || load_at::<u32>(net, net_inum) != config.netns_inum {
                 return 0;
             }
         }
     }
-    let len = read_at::<u32>(skb, config.skb_len).unwrap_or(0) as u64;
+    let len = if skb_len == UNKNOWN_OFFSET {
+        0
+    } else {
+        load_at::<u32>(skb, skb_len) as u64
+    };
     with_percpu_slot(&MONITOR_COUNTERS, |c| {
         c.rx_packets += 1;
         c.rx_bytes += len;
     });
+    0
+}
+
+/// raw_tp on `netif_receive_skb`: without BTF nothing in the skb can be read cheaply, so the
+/// packet is counted unscoped and without bytes (what user space configures for raw_tp).
+#[inline(always)]
+fn on_netif_receive_skb_raw(_ctx: *mut c_void) -> i32 {
+    with_percpu_slot(&MONITOR_COUNTERS, |c| c.rx_packets += 1);
     0
 }
 
@@ -161,40 +193,45 @@ fn on_xdp_cpumap_kthread(ctx: *mut c_void) -> i32 {
     0
 }
 
-/// One tp_btf and one raw_tp program per tracepoint, both running `$body`.
+/// One tp_btf and one raw_tp program per tracepoint, running `$btf_body` and `$raw_body`
+/// (the same function unless the raw_tp one must do without BTF).
 macro_rules! tracepoint_programs {
-    ($($tracepoint:tt => $btf:ident, $raw:ident, $body:ident;)*) => {$(
+    ($($tracepoint:tt => $btf:ident($btf_body:ident), $raw:ident($raw_body:ident);)*) => {$(
         #[doc = concat!("tp_btf on `", $tracepoint, "`.")]
         #[btf_tracepoint(function = $tracepoint)]
         pub fn $btf(ctx: BtfTracePointContext) -> i32 {
-            $body(ctx.as_ptr())
+            $btf_body(ctx.as_ptr())
         }
 
         #[doc = concat!("raw_tp on `", $tracepoint, "`.")]
         #[raw_tracepoint(tracepoint = $tracepoint)]
         pub fn $raw(ctx: RawTracePointContext) -> i32 {
-            $body(ctx.as_ptr())
+            $raw_body(ctx.as_ptr())
         }
     )*};
 }
 
 tracepoint_programs! {
-    "netif_receive_skb" => monitor_netif_receive_skb, monitor_raw_netif_receive_skb,
-        on_netif_receive_skb;
-    "softirq_entry" => monitor_softirq_entry, monitor_raw_softirq_entry, on_softirq_entry;
-    "softirq_exit" => monitor_softirq_exit, monitor_raw_softirq_exit, on_softirq_exit;
-    "tcp_retransmit_skb" => monitor_tcp_retransmit_skb, monitor_raw_tcp_retransmit_skb,
-        on_tcp_retransmit_skb;
-    "xdp_redirect" => monitor_xdp_redirect, monitor_raw_xdp_redirect, on_xdp_redirect;
-    "xdp_redirect_err" => monitor_xdp_redirect_err, monitor_raw_xdp_redirect_err,
-        on_xdp_redirect_err;
-    "xdp_redirect_map" => monitor_xdp_redirect_map, monitor_raw_xdp_redirect_map,
-        on_xdp_redirect;
-    "xdp_redirect_map_err" => monitor_xdp_redirect_map_err, monitor_raw_xdp_redirect_map_err,
-        on_xdp_redirect_err;
-    "xdp_exception" => monitor_xdp_exception, monitor_raw_xdp_exception, on_xdp_exception;
-    "xdp_cpumap_kthread" => monitor_xdp_cpumap_kthread, monitor_raw_xdp_cpumap_kthread,
-        on_xdp_cpumap_kthread;
+    "netif_receive_skb" => monitor_netif_receive_skb(on_netif_receive_skb),
+        monitor_raw_netif_receive_skb(on_netif_receive_skb_raw);
+    "softirq_entry" => monitor_softirq_entry(on_softirq_entry),
+        monitor_raw_softirq_entry(on_softirq_entry);
+    "softirq_exit" => monitor_softirq_exit(on_softirq_exit),
+        monitor_raw_softirq_exit(on_softirq_exit);
+    "tcp_retransmit_skb" => monitor_tcp_retransmit_skb(on_tcp_retransmit_skb),
+        monitor_raw_tcp_retransmit_skb(on_tcp_retransmit_skb);
+    "xdp_redirect" => monitor_xdp_redirect(on_xdp_redirect),
+        monitor_raw_xdp_redirect(on_xdp_redirect);
+    "xdp_redirect_err" => monitor_xdp_redirect_err(on_xdp_redirect_err),
+        monitor_raw_xdp_redirect_err(on_xdp_redirect_err);
+    "xdp_redirect_map" => monitor_xdp_redirect_map(on_xdp_redirect),
+        monitor_raw_xdp_redirect_map(on_xdp_redirect);
+    "xdp_redirect_map_err" => monitor_xdp_redirect_map_err(on_xdp_redirect_err),
+        monitor_raw_xdp_redirect_map_err(on_xdp_redirect_err);
+    "xdp_exception" => monitor_xdp_exception(on_xdp_exception),
+        monitor_raw_xdp_exception(on_xdp_exception);
+    "xdp_cpumap_kthread" => monitor_xdp_cpumap_kthread(on_xdp_cpumap_kthread),
+        monitor_raw_xdp_cpumap_kthread(on_xdp_cpumap_kthread);
 }
 
 #[unsafe(link_section = "license")]
