@@ -618,6 +618,53 @@ impl FalkorGraphStore {
         Ok(Some(graph))
     }
 
+    /// Writes the last record of each name in batches: the records of one kind in one query,
+    /// then the tags of the batch in another (each file's only if its hash is still the one
+    /// recorded, as [`GraphStore::set_tags`] checks), then prunes unused tags once.
+    async fn upsert_tagged_inner(&self, files: Vec<(FileMeta, Vec<Tag>)>) -> Result<()> {
+        let last: BTreeMap<String, (FileMeta, Vec<Tag>)> = files
+            .into_iter()
+            .map(|(meta, tags)| (meta.name.clone(), (meta, tags)))
+            .collect();
+        let files: Vec<(FileMeta, Vec<Tag>)> = last.into_values().collect();
+        for batch in files.chunks(UPSERT_BATCH) {
+            for (kind, label) in KIND_LABELS {
+                let records: Vec<Param> = batch
+                    .iter()
+                    .filter(|(meta, _)| meta.kind == kind)
+                    .map(|(meta, _)| file_param(meta))
+                    .collect();
+                if !records.is_empty() {
+                    self.query(
+                        &format!("UNWIND $files AS x {}", upsert_files(label)),
+                        &[("files", Param::List(records))],
+                    )
+                    .await?;
+                }
+            }
+            let tagged = batch
+                .iter()
+                .map(|(meta, tags)| {
+                    Param::Map(vec![
+                        ("name", Param::str(&meta.name)),
+                        ("sha", Param::str(&meta.sha256)),
+                        ("tags", tags_param(tags.clone())),
+                    ])
+                })
+                .collect();
+            self.query(
+                "UNWIND $files AS x MATCH (f:File {name: x.name}) WHERE f.sha256 = x.sha
+                 SET f.tagged = true
+                 WITH f, x UNWIND x.tags AS tag MERGE (t:Tag {name: tag.tag})
+                 MERGE (f)-[e:TAGGED]->(t) SET e.score = tag.score",
+                &[("files", Param::List(tagged))],
+            )
+            .await?;
+        }
+        self.query(PRUNE_TAGS, &[]).await?;
+        Ok(())
+    }
+
     async fn set_tags_inner(&self, name: &str, sha256: &str, tags: Vec<Tag>) -> Result<bool> {
         let key = [("name", Param::str(name)), ("sha", Param::str(sha256))];
         let cleared = self
@@ -631,23 +678,8 @@ impl FalkorGraphStore {
         if count(cleared)? == 0 {
             return Ok(false);
         }
-        // The best score of each distinct tag, as SQLite's ON CONFLICT keeps it.
-        let mut best: BTreeMap<String, f32> = BTreeMap::new();
-        for tag in tags {
-            let score = best.entry(tag.tag).or_insert(tag.score);
-            *score = score.max(tag.score);
-        }
-        let list = best
-            .into_iter()
-            .map(|(tag, score)| {
-                Param::Map(vec![
-                    ("tag", Param::Str(tag)),
-                    ("score", Param::Float(f64::from(score))),
-                ])
-            })
-            .collect();
         let mut params = key.to_vec();
-        params.push(("tags", Param::List(list)));
+        params.push(("tags", tags_param(tags)));
         self.query(
             "MATCH (f:File {name: $name}) WHERE f.sha256 = $sha
              UNWIND $tags AS tag MERGE (t:Tag {name: tag.tag})
@@ -665,6 +697,54 @@ impl FalkorGraphStore {
         self.query(PRUNE_TAGS, &[]).await?;
         Ok(count(marked)? > 0)
     }
+}
+
+/// Files per query of [`FalkorGraphStore::upsert_tagged`]: each query's text holds them all.
+const UPSERT_BATCH: usize = 500;
+
+/// Sets the record of the file of map `x` (merged by name) and its kind `label`, and drops
+/// its tags: `x` as [`file_param`] encodes it.
+fn upsert_files(label: &str) -> String {
+    format!(
+        "MERGE (f:File {{name: x.name}})
+         SET f.size = x.size, f.sha256 = x.sha, f.kind = x.kind, f.uploaded = x.uploaded,
+             f.lname = x.lname, f.trigrams = x.trigrams, f.tagged = false
+         WITH f {REMOVE_KIND_LABELS} SET f:{label}
+         WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r"
+    )
+}
+
+/// A file's record as the map [`upsert_files`] reads.
+fn file_param(meta: &FileMeta) -> Param {
+    Param::Map(vec![
+        ("name", Param::str(&meta.name)),
+        ("size", clamp(meta.size)),
+        ("sha", Param::str(&meta.sha256)),
+        ("kind", Param::str(meta.kind.as_str())),
+        ("uploaded", Param::Int(meta.uploaded)),
+        ("lname", Param::Str(meta.name.to_ascii_lowercase())),
+        ("trigrams", name_trigrams(&meta.name)),
+    ])
+}
+
+/// `{tag, score}` maps of the distinct tags, each with its best score, as SQLite's
+/// `ON CONFLICT` keeps it.
+fn tags_param(tags: Vec<Tag>) -> Param {
+    let mut best: BTreeMap<String, f32> = BTreeMap::new();
+    for tag in tags {
+        let score = best.entry(tag.tag).or_insert(tag.score);
+        *score = score.max(tag.score);
+    }
+    Param::List(
+        best.into_iter()
+            .map(|(tag, score)| {
+                Param::Map(vec![
+                    ("tag", Param::Str(tag)),
+                    ("score", Param::Float(f64::from(score))),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// The ids in both sorted lists, sorted.
@@ -692,23 +772,8 @@ impl GraphStore for FalkorGraphStore {
     fn upsert_file(&self, meta: FileMeta) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.query(
-                &format!(
-                    "MERGE (f:File {{name: $name}})
-                     SET f.size = $size, f.sha256 = $sha, f.kind = $kind, f.uploaded = $uploaded,
-                         f.lname = $lname, f.trigrams = $trigrams, f.tagged = false
-                     WITH f {REMOVE_KIND_LABELS} SET f:{}
-                     WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r",
-                    kind_label(meta.kind)
-                ),
-                &[
-                    ("name", Param::str(&meta.name)),
-                    ("size", clamp(meta.size)),
-                    ("sha", Param::Str(meta.sha256)),
-                    ("kind", Param::str(meta.kind.as_str())),
-                    ("uploaded", Param::Int(meta.uploaded)),
-                    ("lname", Param::Str(meta.name.to_ascii_lowercase())),
-                    ("trigrams", name_trigrams(&meta.name)),
-                ],
+                &format!("WITH $file AS x {}", upsert_files(kind_label(meta.kind))),
+                &[("file", file_param(&meta))],
             )
             .await?;
             self.query(PRUNE_TAGS, &[]).await?;
@@ -748,6 +813,10 @@ impl GraphStore for FalkorGraphStore {
         tags: Vec<Tag>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(self.set_tags_inner(name, sha256, tags))
+    }
+
+    fn upsert_tagged(&self, files: Vec<(FileMeta, Vec<Tag>)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.upsert_tagged_inner(files))
     }
 
     fn tags_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<Tag>>>> {
