@@ -239,6 +239,21 @@ fn int(value: Value) -> Result<i64> {
     }
 }
 
+/// A list of integers, which the server sends as its text, `[1, 2, 3]`.
+fn int_list(value: Value) -> Result<Vec<i64>> {
+    let list = text(value)?;
+    let items = list
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .ok_or_else(|| bad_reply("expected a list"))?;
+    items
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| item.parse().map_err(|_| bad_reply("expected an integer")))
+        .collect()
+}
+
 fn float(value: Value) -> Result<f32> {
     match value {
         Value::Double(f) => Ok(f as f32),
@@ -415,9 +430,9 @@ impl FalkorGraphStore {
     /// - without tags: files of the kind (its label), with the name's trigrams looked up in
     ///   the index and `CONTAINS` deciding, counted and sorted by the store;
     /// - one tag and no name: the tag's files (of the kind), counted and sorted by the store;
-    /// - otherwise: the ids of each tag's files (of the kind) are intersected here, and the
-    ///   store looks them up, checks the tags again (ids of deleted nodes are reused) and the
-    ///   name, counts, sorts and pages them in one query.
+    /// - otherwise: the ids of each tag's files (of the kind), queried at once, are intersected
+    ///   here, and the store looks them up, checks the tags again (ids of deleted nodes are
+    ///   reused) and the name, counts, sorts and pages them in one query.
     async fn search_inner(&self, query: &SearchQuery) -> Result<SearchPage> {
         let tags: BTreeSet<&str> = query.tags.iter().map(String::as_str).collect();
         let file = match query.kind {
@@ -453,35 +468,35 @@ impl FalkorGraphStore {
                 .sorted_page(&matching, vec![("tag", Param::str(tag))], &page_params)
                 .await;
         }
-        let mut candidates: Option<Vec<i64>> = None;
-        for tag in &tags {
-            let reply = self
-                .query(
-                    &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file}) RETURN id(f)"),
-                    &[("tag", Param::str(tag))],
-                )
-                .await?;
-            let mut ids = reply
+        // One row holding a list: far less reply to build and parse than a row per file.
+        let ids_of =
+            &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file}) RETURN collect(id(f))");
+        let lists = futures_util::future::try_join_all(tags.iter().map(|tag| async move {
+            let reply = self.query(ids_of, &[("tag", Param::str(tag))]).await?;
+            let row = reply
                 .rows
                 .into_iter()
-                .map(|row| {
-                    let [id] = cells(row)?;
-                    int(id)
-                })
-                .collect::<Result<Vec<i64>>>()?;
+                .next()
+                .ok_or_else(|| bad_reply("no row"))?;
+            let [list] = cells(row)?;
+            let mut ids = int_list(list)?;
             ids.sort_unstable();
             ids.dedup();
-            let ids = match candidates {
+            Ok::<_, Error>(ids)
+        }))
+        .await?;
+        let mut candidates: Option<Vec<i64>> = None;
+        for ids in lists {
+            candidates = Some(match candidates {
                 None => ids,
                 Some(known) => intersect(&known, &ids),
-            };
-            if ids.is_empty() {
-                return Ok(SearchPage {
-                    files: Vec::new(),
-                    total: 0,
-                });
-            }
-            candidates = Some(ids);
+            });
+        }
+        if candidates.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(SearchPage {
+                files: Vec::new(),
+                total: 0,
+            });
         }
         let ids = candidates.unwrap_or_default();
         let mut params = vec![
@@ -532,27 +547,25 @@ impl FalkorGraphStore {
         Ok(SearchPage { files, total })
     }
 
-    /// The count of the files `matching` binds to `f` and the page of them sorted by name.
+    /// The count of the files `matching` binds to `f` and the page of them sorted by name, in
+    /// two queries sent at once (the server runs reads on several threads).
     async fn sorted_page(
         &self,
         matching: &str,
-        mut params: Vec<(&str, Param)>,
+        params: Vec<(&str, Param)>,
         page: &[(&'static str, Param)],
     ) -> Result<SearchPage> {
-        let total = count(
-            self.query(&format!("{matching} RETURN count(f)"), &params)
-                .await?,
+        let counted = format!("{matching} RETURN count(f)");
+        let sorted = format!(
+            "{matching} WITH f ORDER BY f.name SKIP $offset LIMIT $limit RETURN {FILE_FIELDS}"
+        );
+        let mut page_params = params.clone();
+        page_params.extend(page.iter().cloned());
+        let (total, reply) = tokio::try_join!(
+            self.query(&counted, &params),
+            self.query(&sorted, &page_params)
         )?;
-        params.extend(page.iter().cloned());
-        let reply = self
-            .query(
-                &format!(
-                    "{matching} WITH f ORDER BY f.name SKIP $offset LIMIT $limit
-                     RETURN {FILE_FIELDS}"
-                ),
-                &params,
-            )
-            .await?;
+        let total = count(total)?;
         let files = reply
             .rows
             .into_iter()
@@ -971,6 +984,11 @@ mod tests {
         assert_eq!(reply.stat("Nodes deleted"), 2);
         assert_eq!(reply.stat("Nodes created"), 0);
         assert_eq!(count(reply).unwrap(), 7);
+        let list = |s: &str| int_list(Value::BulkString(s.as_bytes().to_vec()));
+        assert_eq!(list("[1, -2, 30]").unwrap(), [1, -2, 30]);
+        assert!(list("[]").unwrap().is_empty());
+        assert!(list("1, 2").is_err());
+        assert!(list("[1, x]").is_err());
         assert!(Reply::parse(Value::Int(1)).is_err());
     }
 }
