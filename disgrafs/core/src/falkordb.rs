@@ -439,6 +439,11 @@ impl FalkorGraphStore {
             Some(kind) => format!("f:File:{}", kind_label(kind)),
             None => "f:File".to_owned(),
         };
+        // Only files are tagged: a tag's neighbours need no label check but their kind's.
+        let tagged = match query.kind {
+            Some(kind) => format!("f:{}", kind_label(kind)),
+            None => "f".to_owned(),
+        };
         let lowered = query.name.as_ref().map(|n| n.to_ascii_lowercase());
         let page_params = [
             ("offset", clamp(query.offset)),
@@ -463,14 +468,14 @@ impl FalkorGraphStore {
             return self.sorted_page(&matching, params, &page_params).await;
         }
         if let ([tag], None) = (tags.iter().collect::<Vec<_>>().as_slice(), &lowered) {
-            let matching = format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file})");
+            let matching = format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({tagged})");
             return self
                 .sorted_page(&matching, vec![("tag", Param::str(tag))], &page_params)
                 .await;
         }
         // One row holding a list: far less reply to build and parse than a row per file.
         let ids_of =
-            &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file}) RETURN collect(id(f))");
+            &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({tagged}) RETURN collect(id(f))");
         let lists = futures_util::future::try_join_all(tags.iter().map(|tag| async move {
             let reply = self.query(ids_of, &[("tag", Param::str(tag))]).await?;
             let row = reply
