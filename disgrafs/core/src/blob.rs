@@ -1,4 +1,4 @@
-use std::io;
+use std::io::{self, IoSlice, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -7,7 +7,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::{BoxFuture, Error, Result, validate_name};
 
@@ -15,6 +14,8 @@ use crate::{BoxFuture, Error, Result, validate_name};
 const TEMP_PREFIX: &str = ".disgrafs-tmp-";
 /// How many leading bytes of an upload are kept for content sniffing.
 const HEAD_BYTES: usize = 8 * 1024;
+/// Received chunks an upload may have waiting for its writer (and writes at once).
+const WRITE_QUEUE: usize = 32;
 
 /// Stores file contents by name.
 ///
@@ -141,6 +142,20 @@ pub struct LocalDirBlobStore {
     root: PathBuf,
 }
 
+/// Writes all of `chunks` with as few (vectored) writes as the file takes.
+fn write_chunks(file: &mut std::fs::File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = file.write_vectored(slices)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
 impl LocalDirBlobStore {
     /// Uses `root` (created if missing) and removes temporary files left by a crash.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
@@ -192,7 +207,22 @@ impl LocalDirBlobStore {
             path: temp_path,
             armed: true,
         };
-        let mut file = tokio::fs::File::from_std(std_file);
+        // A blocking task writes what this one has received and hashed, so that hashing the
+        // next chunks overlaps writing the previous ones.
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            let mut file = std_file;
+            let mut batch = Vec::with_capacity(WRITE_QUEUE);
+            while let Some(chunk) = received.blocking_recv() {
+                batch.push(chunk);
+                while let Ok(chunk) = received.try_recv() {
+                    batch.push(chunk);
+                }
+                write_chunks(&mut file, &batch)?;
+                batch.clear();
+            }
+            Ok(file)
+        });
         let mut hasher = Sha256::new();
         let mut head = Vec::new();
         let mut size = 0u64;
@@ -207,15 +237,20 @@ impl LocalDirBlobStore {
                 let take = (HEAD_BYTES - head.len()).min(chunk.len());
                 head.extend_from_slice(&chunk[..take]);
             }
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::io(format!("writing {}", temp.path.display()), e))?;
+            if chunks.send(chunk).await.is_err() {
+                // The writer failed; its error is reported below.
+                break;
+            }
         }
-        file.flush()
+        drop(chunks);
+        let writing = |e| Error::io(format!("writing {}", temp.path.display()), e);
+        let file = writer
             .await
-            .map_err(|e| Error::io(format!("writing {}", temp.path.display()), e))?;
-        file.sync_all()
+            .map_err(|e| Error::Unavailable(format!("write task failed: {e}")))?
+            .map_err(writing)?;
+        tokio::task::spawn_blocking(move || file.sync_all())
             .await
+            .map_err(|e| Error::Unavailable(format!("sync task failed: {e}")))?
             .map_err(|e| Error::io(format!("syncing {}", temp.path.display()), e))?;
         Ok(PendingBlob {
             temp,

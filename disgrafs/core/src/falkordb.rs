@@ -239,6 +239,21 @@ fn int(value: Value) -> Result<i64> {
     }
 }
 
+/// A list of integers, which the server sends as its text, `[1, 2, 3]`.
+fn int_list(value: Value) -> Result<Vec<i64>> {
+    let list = text(value)?;
+    let items = list
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .ok_or_else(|| bad_reply("expected a list"))?;
+    items
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| item.parse().map_err(|_| bad_reply("expected an integer")))
+        .collect()
+}
+
 fn float(value: Value) -> Result<f32> {
     match value {
         Value::Double(f) => Ok(f as f32),
@@ -415,14 +430,19 @@ impl FalkorGraphStore {
     /// - without tags: files of the kind (its label), with the name's trigrams looked up in
     ///   the index and `CONTAINS` deciding, counted and sorted by the store;
     /// - one tag and no name: the tag's files (of the kind), counted and sorted by the store;
-    /// - otherwise: the ids of each tag's files (of the kind) are intersected here, and the
-    ///   store looks them up, checks the tags again (ids of deleted nodes are reused) and the
-    ///   name, counts, sorts and pages them in one query.
+    /// - otherwise: the ids of each tag's files (of the kind), queried at once, are intersected
+    ///   here, and the store looks them up, checks the tags again (ids of deleted nodes are
+    ///   reused) and the name, counts, sorts and pages them in one query.
     async fn search_inner(&self, query: &SearchQuery) -> Result<SearchPage> {
         let tags: BTreeSet<&str> = query.tags.iter().map(String::as_str).collect();
         let file = match query.kind {
             Some(kind) => format!("f:File:{}", kind_label(kind)),
             None => "f:File".to_owned(),
+        };
+        // Only files are tagged: a tag's neighbours need no label check but their kind's.
+        let tagged = match query.kind {
+            Some(kind) => format!("f:{}", kind_label(kind)),
+            None => "f".to_owned(),
         };
         let lowered = query.name.as_ref().map(|n| n.to_ascii_lowercase());
         let page_params = [
@@ -448,40 +468,40 @@ impl FalkorGraphStore {
             return self.sorted_page(&matching, params, &page_params).await;
         }
         if let ([tag], None) = (tags.iter().collect::<Vec<_>>().as_slice(), &lowered) {
-            let matching = format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file})");
+            let matching = format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({tagged})");
             return self
                 .sorted_page(&matching, vec![("tag", Param::str(tag))], &page_params)
                 .await;
         }
-        let mut candidates: Option<Vec<i64>> = None;
-        for tag in &tags {
-            let reply = self
-                .query(
-                    &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({file}) RETURN id(f)"),
-                    &[("tag", Param::str(tag))],
-                )
-                .await?;
-            let mut ids = reply
+        // One row holding a list: far less reply to build and parse than a row per file.
+        let ids_of =
+            &format!("MATCH (:Tag {{name: $tag}})<-[:TAGGED]-({tagged}) RETURN collect(id(f))");
+        let lists = futures_util::future::try_join_all(tags.iter().map(|tag| async move {
+            let reply = self.query(ids_of, &[("tag", Param::str(tag))]).await?;
+            let row = reply
                 .rows
                 .into_iter()
-                .map(|row| {
-                    let [id] = cells(row)?;
-                    int(id)
-                })
-                .collect::<Result<Vec<i64>>>()?;
+                .next()
+                .ok_or_else(|| bad_reply("no row"))?;
+            let [list] = cells(row)?;
+            let mut ids = int_list(list)?;
             ids.sort_unstable();
             ids.dedup();
-            let ids = match candidates {
+            Ok::<_, Error>(ids)
+        }))
+        .await?;
+        let mut candidates: Option<Vec<i64>> = None;
+        for ids in lists {
+            candidates = Some(match candidates {
                 None => ids,
                 Some(known) => intersect(&known, &ids),
-            };
-            if ids.is_empty() {
-                return Ok(SearchPage {
-                    files: Vec::new(),
-                    total: 0,
-                });
-            }
-            candidates = Some(ids);
+            });
+        }
+        if candidates.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(SearchPage {
+                files: Vec::new(),
+                total: 0,
+            });
         }
         let ids = candidates.unwrap_or_default();
         let mut params = vec![
@@ -532,27 +552,25 @@ impl FalkorGraphStore {
         Ok(SearchPage { files, total })
     }
 
-    /// The count of the files `matching` binds to `f` and the page of them sorted by name.
+    /// The count of the files `matching` binds to `f` and the page of them sorted by name, in
+    /// two queries sent at once (the server runs reads on several threads).
     async fn sorted_page(
         &self,
         matching: &str,
-        mut params: Vec<(&str, Param)>,
+        params: Vec<(&str, Param)>,
         page: &[(&'static str, Param)],
     ) -> Result<SearchPage> {
-        let total = count(
-            self.query(&format!("{matching} RETURN count(f)"), &params)
-                .await?,
+        let counted = format!("{matching} RETURN count(f)");
+        let sorted = format!(
+            "{matching} WITH f ORDER BY f.name SKIP $offset LIMIT $limit RETURN {FILE_FIELDS}"
+        );
+        let mut page_params = params.clone();
+        page_params.extend(page.iter().cloned());
+        let (total, reply) = tokio::try_join!(
+            self.query(&counted, &params),
+            self.query(&sorted, &page_params)
         )?;
-        params.extend(page.iter().cloned());
-        let reply = self
-            .query(
-                &format!(
-                    "{matching} WITH f ORDER BY f.name SKIP $offset LIMIT $limit
-                     RETURN {FILE_FIELDS}"
-                ),
-                &params,
-            )
-            .await?;
+        let total = count(total)?;
         let files = reply
             .rows
             .into_iter()
@@ -618,6 +636,53 @@ impl FalkorGraphStore {
         Ok(Some(graph))
     }
 
+    /// Writes the last record of each name in batches: the records of one kind in one query,
+    /// then the tags of the batch in another (each file's only if its hash is still the one
+    /// recorded, as [`GraphStore::set_tags`] checks), then prunes unused tags once.
+    async fn upsert_tagged_inner(&self, files: Vec<(FileMeta, Vec<Tag>)>) -> Result<()> {
+        let last: BTreeMap<String, (FileMeta, Vec<Tag>)> = files
+            .into_iter()
+            .map(|(meta, tags)| (meta.name.clone(), (meta, tags)))
+            .collect();
+        let files: Vec<(FileMeta, Vec<Tag>)> = last.into_values().collect();
+        for batch in files.chunks(UPSERT_BATCH) {
+            for (kind, label) in KIND_LABELS {
+                let records: Vec<Param> = batch
+                    .iter()
+                    .filter(|(meta, _)| meta.kind == kind)
+                    .map(|(meta, _)| file_param(meta))
+                    .collect();
+                if !records.is_empty() {
+                    self.query(
+                        &format!("UNWIND $files AS x {}", upsert_files(label)),
+                        &[("files", Param::List(records))],
+                    )
+                    .await?;
+                }
+            }
+            let tagged = batch
+                .iter()
+                .map(|(meta, tags)| {
+                    Param::Map(vec![
+                        ("name", Param::str(&meta.name)),
+                        ("sha", Param::str(&meta.sha256)),
+                        ("tags", tags_param(tags.clone())),
+                    ])
+                })
+                .collect();
+            self.query(
+                "UNWIND $files AS x MATCH (f:File {name: x.name}) WHERE f.sha256 = x.sha
+                 SET f.tagged = true
+                 WITH f, x UNWIND x.tags AS tag MERGE (t:Tag {name: tag.tag})
+                 MERGE (f)-[e:TAGGED]->(t) SET e.score = tag.score",
+                &[("files", Param::List(tagged))],
+            )
+            .await?;
+        }
+        self.query(PRUNE_TAGS, &[]).await?;
+        Ok(())
+    }
+
     async fn set_tags_inner(&self, name: &str, sha256: &str, tags: Vec<Tag>) -> Result<bool> {
         let key = [("name", Param::str(name)), ("sha", Param::str(sha256))];
         let cleared = self
@@ -631,23 +696,8 @@ impl FalkorGraphStore {
         if count(cleared)? == 0 {
             return Ok(false);
         }
-        // The best score of each distinct tag, as SQLite's ON CONFLICT keeps it.
-        let mut best: BTreeMap<String, f32> = BTreeMap::new();
-        for tag in tags {
-            let score = best.entry(tag.tag).or_insert(tag.score);
-            *score = score.max(tag.score);
-        }
-        let list = best
-            .into_iter()
-            .map(|(tag, score)| {
-                Param::Map(vec![
-                    ("tag", Param::Str(tag)),
-                    ("score", Param::Float(f64::from(score))),
-                ])
-            })
-            .collect();
         let mut params = key.to_vec();
-        params.push(("tags", Param::List(list)));
+        params.push(("tags", tags_param(tags)));
         self.query(
             "MATCH (f:File {name: $name}) WHERE f.sha256 = $sha
              UNWIND $tags AS tag MERGE (t:Tag {name: tag.tag})
@@ -665,6 +715,54 @@ impl FalkorGraphStore {
         self.query(PRUNE_TAGS, &[]).await?;
         Ok(count(marked)? > 0)
     }
+}
+
+/// Files per query of [`FalkorGraphStore::upsert_tagged`]: each query's text holds them all.
+const UPSERT_BATCH: usize = 500;
+
+/// Sets the record of the file of map `x` (merged by name) and its kind `label`, and drops
+/// its tags: `x` as [`file_param`] encodes it.
+fn upsert_files(label: &str) -> String {
+    format!(
+        "MERGE (f:File {{name: x.name}})
+         SET f.size = x.size, f.sha256 = x.sha, f.kind = x.kind, f.uploaded = x.uploaded,
+             f.lname = x.lname, f.trigrams = x.trigrams, f.tagged = false
+         WITH f {REMOVE_KIND_LABELS} SET f:{label}
+         WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r"
+    )
+}
+
+/// A file's record as the map [`upsert_files`] reads.
+fn file_param(meta: &FileMeta) -> Param {
+    Param::Map(vec![
+        ("name", Param::str(&meta.name)),
+        ("size", clamp(meta.size)),
+        ("sha", Param::str(&meta.sha256)),
+        ("kind", Param::str(meta.kind.as_str())),
+        ("uploaded", Param::Int(meta.uploaded)),
+        ("lname", Param::Str(meta.name.to_ascii_lowercase())),
+        ("trigrams", name_trigrams(&meta.name)),
+    ])
+}
+
+/// `{tag, score}` maps of the distinct tags, each with its best score, as SQLite's
+/// `ON CONFLICT` keeps it.
+fn tags_param(tags: Vec<Tag>) -> Param {
+    let mut best: BTreeMap<String, f32> = BTreeMap::new();
+    for tag in tags {
+        let score = best.entry(tag.tag).or_insert(tag.score);
+        *score = score.max(tag.score);
+    }
+    Param::List(
+        best.into_iter()
+            .map(|(tag, score)| {
+                Param::Map(vec![
+                    ("tag", Param::Str(tag)),
+                    ("score", Param::Float(f64::from(score))),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// The ids in both sorted lists, sorted.
@@ -692,23 +790,8 @@ impl GraphStore for FalkorGraphStore {
     fn upsert_file(&self, meta: FileMeta) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.query(
-                &format!(
-                    "MERGE (f:File {{name: $name}})
-                     SET f.size = $size, f.sha256 = $sha, f.kind = $kind, f.uploaded = $uploaded,
-                         f.lname = $lname, f.trigrams = $trigrams, f.tagged = false
-                     WITH f {REMOVE_KIND_LABELS} SET f:{}
-                     WITH f OPTIONAL MATCH (f)-[r:TAGGED]->(:Tag) DELETE r",
-                    kind_label(meta.kind)
-                ),
-                &[
-                    ("name", Param::str(&meta.name)),
-                    ("size", clamp(meta.size)),
-                    ("sha", Param::Str(meta.sha256)),
-                    ("kind", Param::str(meta.kind.as_str())),
-                    ("uploaded", Param::Int(meta.uploaded)),
-                    ("lname", Param::Str(meta.name.to_ascii_lowercase())),
-                    ("trigrams", name_trigrams(&meta.name)),
-                ],
+                &format!("WITH $file AS x {}", upsert_files(kind_label(meta.kind))),
+                &[("file", file_param(&meta))],
             )
             .await?;
             self.query(PRUNE_TAGS, &[]).await?;
@@ -748,6 +831,10 @@ impl GraphStore for FalkorGraphStore {
         tags: Vec<Tag>,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(self.set_tags_inner(name, sha256, tags))
+    }
+
+    fn upsert_tagged(&self, files: Vec<(FileMeta, Vec<Tag>)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.upsert_tagged_inner(files))
     }
 
     fn tags_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<Tag>>>> {
@@ -902,6 +989,11 @@ mod tests {
         assert_eq!(reply.stat("Nodes deleted"), 2);
         assert_eq!(reply.stat("Nodes created"), 0);
         assert_eq!(count(reply).unwrap(), 7);
+        let list = |s: &str| int_list(Value::BulkString(s.as_bytes().to_vec()));
+        assert_eq!(list("[1, -2, 30]").unwrap(), [1, -2, 30]);
+        assert!(list("[]").unwrap().is_empty());
+        assert!(list("1, 2").is_err());
+        assert!(list("[1, x]").is_err());
         assert!(Reply::parse(Value::Int(1)).is_err());
     }
 }

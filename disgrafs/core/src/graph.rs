@@ -31,6 +31,11 @@ pub trait GraphStore: std::fmt::Debug + Send + Sync + 'static {
         tags: Vec<Tag>,
     ) -> BoxFuture<'a, Result<bool>>;
 
+    /// Records many files with their tags, as [`upsert_file`](Self::upsert_file) then
+    /// [`set_tags`](Self::set_tags) with its hash would for each in turn, in far fewer round
+    /// trips (bulk imports, rebuilding a graph).
+    fn upsert_tagged(&self, files: Vec<(FileMeta, Vec<Tag>)>) -> BoxFuture<'_, Result<()>>;
+
     /// The tags of `name`, best first, or `None` if the file is unknown.
     fn tags_of<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<Tag>>>>;
 
@@ -473,28 +478,62 @@ fn neighbourhood(
     Ok(Some(graph))
 }
 
+/// Inserts or replaces a file's record and drops its tags (tags left unused stay).
+fn upsert(conn: &Connection, meta: &FileMeta) -> rusqlite::Result<()> {
+    let size = i64::try_from(meta.size).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT INTO files (name, size, sha256, kind, uploaded, tagged)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)
+         ON CONFLICT (name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
+         kind = excluded.kind, uploaded = excluded.uploaded, tagged = 0",
+    )?
+    .execute(params![
+        meta.name,
+        size,
+        meta.sha256,
+        meta.kind.as_str(),
+        meta.uploaded
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM tagged WHERE file_id = (SELECT id FROM files WHERE name = ?1)",
+    )?
+    .execute([&meta.name])?;
+    Ok(())
+}
+
+/// Replaces the tags of `name` if its content has hash `sha256` and marks it tagged; returns
+/// whether it did (tags left unused stay).
+fn write_tags(conn: &Connection, name: &str, sha256: &str, tags: &[Tag]) -> rusqlite::Result<bool> {
+    let id: Option<i64> = conn
+        .prepare_cached("SELECT id FROM files WHERE name = ?1 AND sha256 = ?2")?
+        .query_row([name, sha256], |row| row.get(0))
+        .optional()?;
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    conn.prepare_cached("DELETE FROM tagged WHERE file_id = ?1")?
+        .execute([id])?;
+    for tag in tags {
+        conn.prepare_cached("INSERT INTO tags (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
+            .execute([&tag.tag])?;
+        conn.prepare_cached(
+            "INSERT INTO tagged (file_id, tag_id, score, kind)
+             SELECT f.id, t.id, ?3, f.kind FROM files f, tags t
+             WHERE f.id = ?1 AND t.name = ?2
+             ON CONFLICT (file_id, tag_id) DO UPDATE SET score = max(score, excluded.score)",
+        )?
+        .execute(params![id, tag.tag, tag.score])?;
+    }
+    conn.prepare_cached("UPDATE files SET tagged = 1 WHERE id = ?1")?
+        .execute([id])?;
+    Ok(true)
+}
+
 impl GraphStore for SqliteGraphStore {
     fn upsert_file(&self, meta: FileMeta) -> BoxFuture<'_, Result<()>> {
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
-            let size = i64::try_from(meta.size).unwrap_or(i64::MAX);
-            tx.execute(
-                "INSERT INTO files (name, size, sha256, kind, uploaded, tagged)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0)
-                 ON CONFLICT (name) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,
-                 kind = excluded.kind, uploaded = excluded.uploaded, tagged = 0",
-                params![
-                    meta.name,
-                    size,
-                    meta.sha256,
-                    meta.kind.as_str(),
-                    meta.uploaded
-                ],
-            )?;
-            tx.execute(
-                "DELETE FROM tagged WHERE file_id = (SELECT id FROM files WHERE name = ?1)",
-                [&meta.name],
-            )?;
+            upsert(&tx, &meta)?;
             tx.execute(PRUNE_TAGS, [])?;
             tx.commit()
         })
@@ -532,34 +571,24 @@ impl GraphStore for SqliteGraphStore {
         let (name, sha256) = (name.to_owned(), sha256.to_owned());
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
-            let id: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM files WHERE name = ?1 AND sha256 = ?2",
-                    [&name, &sha256],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let Some(id) = id else {
-                return Ok(false);
-            };
-            tx.execute("DELETE FROM tagged WHERE file_id = ?1", [id])?;
-            for tag in &tags {
-                tx.execute(
-                    "INSERT INTO tags (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-                    [&tag.tag],
-                )?;
-                tx.execute(
-                    "INSERT INTO tagged (file_id, tag_id, score, kind)
-                     SELECT f.id, t.id, ?3, f.kind FROM files f, tags t
-                     WHERE f.id = ?1 AND t.name = ?2
-                     ON CONFLICT (file_id, tag_id) DO UPDATE SET score = max(score, excluded.score)",
-                    params![id, tag.tag, tag.score],
-                )?;
+            let written = write_tags(&tx, &name, &sha256, &tags)?;
+            if written {
+                tx.execute(PRUNE_TAGS, [])?;
+                tx.commit()?;
             }
-            tx.execute("UPDATE files SET tagged = 1 WHERE id = ?1", [id])?;
+            Ok(written)
+        })
+    }
+
+    fn upsert_tagged(&self, files: Vec<(FileMeta, Vec<Tag>)>) -> BoxFuture<'_, Result<()>> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            for (meta, tags) in &files {
+                upsert(&tx, meta)?;
+                write_tags(&tx, &meta.name, &meta.sha256, tags)?;
+            }
             tx.execute(PRUNE_TAGS, [])?;
-            tx.commit()?;
-            Ok(true)
+            tx.commit()
         })
     }
 

@@ -413,6 +413,74 @@ async fn untagged_lists_oldest_first_with_a_limit_and_names_lists_all(store: &dy
     assert_eq!(store.names().await.unwrap().len(), 3);
 }
 
+/// A batch write leaves what writing its files one by one would: the last record of a name
+/// repeated in the batch, a replaced file's old tags gone (and pruned), duplicate tags at their
+/// best score, a file without tags counted as tagged.
+async fn upsert_tagged_writes_like_one_by_one(store: &dyn GraphStore) {
+    fill(store, &[("old.txt", FileKind::Text, &["stale", "kept"])]).await;
+    let tags =
+        |list: &[(&str, f32)]| -> Vec<Tag> { list.iter().map(|(t, s)| Tag::new(*t, *s)).collect() };
+    let awkward = r#"q"uote \ $x {y} 报告.pdf"#;
+    store
+        .upsert_tagged(vec![
+            (
+                meta("old.txt", FileKind::Pdf, "new", 2),
+                tags(&[("kept", 0.5), ("fresh", 0.25)]),
+            ),
+            (meta("a.txt", FileKind::Text, "h1", 3), tags(&[("x", 0.1)])),
+            (
+                meta(awkward, FileKind::Pdf, "s\"h", 4),
+                tags(&[("kept", 0.2), ("say \"hi\"", 0.1), ("kept", 0.9)]),
+            ),
+            (meta("bare.bin", FileKind::Other, "h", 5), vec![]),
+            (
+                meta("a.txt", FileKind::Image, "h2", 6),
+                tags(&[("fresh", 1.0)]),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_file("a.txt").await.unwrap(),
+        Some(meta("a.txt", FileKind::Image, "h2", 6))
+    );
+    assert_eq!(
+        store.tags_of("a.txt").await.unwrap(),
+        Some(tags(&[("fresh", 1.0)]))
+    );
+    assert_eq!(
+        store.tags_of("old.txt").await.unwrap(),
+        Some(tags(&[("kept", 0.5), ("fresh", 0.25)]))
+    );
+    assert_eq!(
+        store.tags_of(awkward).await.unwrap(),
+        Some(tags(&[("kept", 0.9), ("say \"hi\"", 0.1)]))
+    );
+    assert_eq!(store.tags_of("bare.bin").await.unwrap(), Some(vec![]));
+    assert!(store.untagged(10).await.unwrap().is_empty());
+    assert_eq!(
+        store.counts().await.unwrap(),
+        (4, 3),
+        "'stale' and 'x' are pruned"
+    );
+    let page = store
+        .search(&query(&["kept"], None, Some(FileKind::Pdf), 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), vec!["old.txt", awkward]);
+    let page = store
+        .search(&query(&[], Some("报告"), None, 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(names(&page), vec![awkward]);
+    assert!(
+        !store.set_tags("old.txt", "h", vec![]).await.unwrap(),
+        "the batch recorded the new hash"
+    );
+    store.upsert_tagged(vec![]).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), (4, 3));
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -459,6 +527,7 @@ conformance!(
     awkward_strings_round_trip_verbatim,
     scores_order_tags_and_duplicates_keep_the_best,
     untagged_lists_oldest_first_with_a_limit_and_names_lists_all,
+    upsert_tagged_writes_like_one_by_one,
 );
 
 /// A FalkorDB graph written before names had trigrams and files kind labels is upgraded when

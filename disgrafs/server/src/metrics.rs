@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The server's counters.
 #[derive(Debug, Default)]
@@ -21,6 +21,9 @@ pub struct Metrics {
     pub tag_jobs_unreadable: AtomicU64,
     /// Tag job attempts that failed and were left for redelivery.
     pub tag_jobs_failed: AtomicU64,
+    /// Whether the startup reconciliation of the graph with the stored files has finished
+    /// (until then it adds load: a graph lookup per stored file).
+    pub reconciled: AtomicBool,
 }
 
 /// Gauges read from the stores at scrape time.
@@ -106,6 +109,11 @@ impl Metrics {
             ("files", "Files in the graph.", gauges.files),
             ("tags", "Tags in the graph.", gauges.tags),
             ("tag_queue_length", "Unacknowledged tag jobs.", gauges.queue),
+            (
+                "startup_reconciled",
+                "1 once the startup reconciliation of graph and stored files has finished.",
+                u64::from(self.reconciled.load(Ordering::Relaxed)),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = write!(

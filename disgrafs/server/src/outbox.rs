@@ -131,7 +131,10 @@ pub(crate) async fn run(state: Arc<AppState>) {
         }
         if requeued && !reconciled {
             match crate::reconcile::run(&state).await {
-                Ok(()) => reconciled = true,
+                Ok(()) => {
+                    reconciled = true;
+                    state.metrics.reconciled.store(true, Ordering::Relaxed);
+                }
                 Err(e) => tracing::warn!("reconciling stored files with the graph: {e}"),
             }
         }

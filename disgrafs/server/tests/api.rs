@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use disgrafs_server::{Config, Running, start};
 use reqwest::StatusCode;
@@ -715,6 +715,15 @@ async fn healthz_and_metrics() {
             text.lines().any(|l| l == line),
             "{line:?} missing from\n{text}"
         );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.get("/metrics").await.text().await.unwrap();
+        if text.lines().any(|l| l == "disgrafs_startup_reconciled 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reconciled:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
