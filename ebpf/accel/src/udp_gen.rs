@@ -13,6 +13,14 @@
 //!
 //! Frames the peer's ring has no room for are dropped by the kernel: they count as sent and
 //! never echoed, as an overloaded echo loses them.
+//!
+//! Each test run adds the program to the kernel's XDP dispatcher and removes it again, and a
+//! dispatcher change waits for an RCU grace period — twice per run, ~10 ms each on this 2-CPU
+//! VM, so the sender slept three quarters of its time and offered 600 000 frames/s in bursts
+//! instead of millions. While the program is attached to an interface it stays in the
+//! dispatcher and a run changes nothing there, so [`UdpGen::start`] also attaches it, in
+//! generic mode, to the namespace's loopback interface, where it passes every frame (only a
+//! test run names the sending interface).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,7 +29,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{
         SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, Xdp,
-        tc::SchedClassifierLinkId,
+        tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
     util::KernelVersion,
 };
@@ -31,12 +39,14 @@ use ebpf_common::udp_gen::{
 };
 
 use crate::{
-    Error, Result,
+    AttachMode, Error, Result,
     object::{self, map_error, program_error},
 };
 
 /// The object's name in messages.
 pub const OBJECT_NAME: &str = "udp_gen";
+/// The interface the generator is attached to only to stay in the XDP dispatcher.
+const HOLD_IFACE: &str = "lo";
 /// Frames the kernel transmits per batch of a live-frames run (its maximum is 256).
 const LIVE_BATCH: u32 = 64;
 
@@ -90,6 +100,7 @@ impl Flow {
             FrameLayout {
                 payload: (udp + 8) as u32,
                 checksum: (udp + 6) as u32,
+                ifindex: 0,
             },
         ))
     }
@@ -141,11 +152,13 @@ pub struct EchoCount {
 }
 
 /// The generator on one interface of the calling thread's network namespace; dropping it
-/// detaches the echo counter.
+/// detaches the echo counter and the generator's loopback attachment.
 #[derive(Debug)]
 pub struct UdpGen {
     ebpf: Ebpf,
     counter: Option<SchedClassifierLinkId>,
+    /// The generator's attachment to [`HOLD_IFACE`], which keeps it in the XDP dispatcher.
+    dispatcher_hold: Option<XdpLinkId>,
     iface: String,
     frame: Vec<u8>,
     /// `struct xdp_md` for the runs: the frame's end and the sending interface.
@@ -175,7 +188,7 @@ impl UdpGen {
             OBJECT_NAME,
             FRAME_MAP,
         )?)
-        .and_then(|mut m| m.set(0, layout, 0))
+        .and_then(|mut m| m.set(0, FrameLayout { ifindex, ..layout }, 0))
         .map_err(map_error(FRAME_MAP))?;
         Array::<&mut MapData, EchoFlow>::try_from(object::map_mut(
             &mut ebpf,
@@ -186,6 +199,8 @@ impl UdpGen {
         .map_err(map_error(FLOW_MAP))?;
         let xdp: &mut Xdp = object::program(&mut ebpf, OBJECT_NAME, GENERATOR)?;
         xdp.load().map_err(program_error("load", GENERATOR))?;
+        let (_, dispatcher_hold) =
+            object::attach_xdp(xdp, GENERATOR, HOLD_IFACE, AttachMode::Generic)?;
         let tc: &mut SchedClassifier = object::program(&mut ebpf, OBJECT_NAME, COUNTER)?;
         tc.load().map_err(program_error("load", COUNTER))?;
         let counter = tc
@@ -200,6 +215,7 @@ impl UdpGen {
         Ok(Self {
             ebpf,
             counter: Some(counter),
+            dispatcher_hold: Some(dispatcher_hold),
             iface: iface.to_owned(),
             frame,
             context,
@@ -262,6 +278,11 @@ impl Drop for UdpGen {
         {
             // The link goes with the program either way; detaching first is only sooner.
             let _ = tc.detach(link);
+        }
+        if let Some(link) = self.dispatcher_hold.take()
+            && let Ok(xdp) = object::program::<Xdp>(&mut self.ebpf, OBJECT_NAME, GENERATOR)
+        {
+            let _ = xdp.detach(link);
         }
     }
 }

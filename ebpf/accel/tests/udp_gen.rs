@@ -182,7 +182,27 @@ fn other_traffic_still_reaches_the_clients_sockets() -> anyhow::Result<()> {
             .context("datagram from another port")?;
         ensure!(n == 16 && from.port() != PORT, "{from}");
         ensure!(generator.echoes()?.echoes == 0);
+        // The generator is attached to the loopback interface only to stay in the XDP
+        // dispatcher: traffic there passes, and the attachment goes with the generator.
+        ensure!(xdp_on_loopback()?, "the generator is not attached to lo");
+        UdpSocket::bind((CLIENT_V4, 0))?.send_to(b"over lo", to_other)?;
+        let (n, _) = other.recv_from(&mut buf).context("datagram over lo")?;
+        ensure!(&buf[..n] == b"over lo");
+        drop(generator);
+        ensure!(
+            !xdp_on_loopback()?,
+            "lo's attachment outlived the generator"
+        );
         Ok(())
     })??;
     Ok(())
+}
+
+/// Whether the calling thread's namespace has an XDP program on `lo` (`ip` verifies).
+fn xdp_on_loopback() -> anyhow::Result<bool> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "lo"])
+        .output()?;
+    ensure!(out.status.success(), "ip link show lo failed");
+    Ok(String::from_utf8_lossy(&out.stdout).contains("xdp"))
 }

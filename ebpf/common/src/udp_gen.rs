@@ -47,6 +47,9 @@ pub struct FrameLayout {
     /// Offset of the UDP checksum; the generator keeps it valid unless it is 0 (IPv4's "no
     /// checksum").
     pub checksum: u32,
+    /// The sending interface: the generator passes frames that any other interface received
+    /// (it is also attached to the loopback interface, where it must do nothing).
+    pub ifindex: u32,
 }
 
 /// The echoes the counter takes: UDP from `server` to `client` over IPv4 (no options) or

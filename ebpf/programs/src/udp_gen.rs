@@ -39,12 +39,17 @@ const IPPROTO_UDP: u8 = 17;
 const OFFSET_MASK: usize = 0x3fff;
 
 /// Stamps the payload with the next sequence number and the time, keeps the UDP checksum
-/// valid, and transmits the frame.
+/// valid, and transmits the frame; passes frames received on any other interface.
 #[xdp]
 pub fn udp_gen(ctx: XdpContext) -> u32 {
     let Some(layout) = UG_FRAME.get(0).copied() else {
         return xdp_action::XDP_ABORTED;
     };
+    // Only the test runs name the sending interface; a frame that arrived anywhere else (the
+    // loopback interface the program is attached to) passes untouched.
+    if ctx.ingress_ifindex() != layout.ifindex as usize {
+        return xdp_action::XDP_PASS;
+    }
     let mut sequence = 0;
     with_percpu_slot(&UG_SEQUENCE, |s| {
         sequence = *s;

@@ -27,8 +27,8 @@ use super::udp_echo::{
 use super::{Context as _, Error, IDLE_TIMEOUT, Site, Stop, latency_histogram};
 use crate::napi::{NapiThreads, thread_cpu_time};
 
-/// Most frames sent in one go. Each send costs a few hundred µs of setup in the kernel (a
-/// page pool for the run), so the sender sends what is due in large bursts.
+/// Most frames sent in one go. Each send sets up a page pool for its run in the kernel, so the
+/// sender sends what is due in large bursts.
 const BURST: u64 = 16_384;
 /// Most frames sent in one go when the server's NAPI thread may share the sender's CPU: the
 /// peer's XDP ring holds 256 frames, and that thread can only empty it between sends (the
