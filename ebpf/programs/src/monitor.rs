@@ -75,12 +75,12 @@ fn load_at<T: Copy>(base: u64, offset: u32) -> T {
 fn on_netif_receive_skb(ctx: *mut c_void) -> i32 {
     let skb = arg(ctx, 0);
     // SAFETY: a read of this object's own read-only global.
-    let offsets = |field: &u32| unsafe { read_volatile(field) };
-    let skb_len = offsets(&MONITOR_OFFSETS.skb_len);
-    let skb_dev = offsets(&MONITOR_OFFSETS.skb_dev);
-    let dev_ifindex = offsets(&MONITOR_OFFSETS.dev_ifindex);
-    let dev_nd_net = offsets(&MONITOR_OFFSETS.dev_nd_net);
-    let net_inum = offsets(&MONITOR_OFFSETS.net_inum);
+    let offset = |field: &u32| unsafe { read_volatile(field) };
+    let skb_len = offset(&MONITOR_OFFSETS.skb_len);
+    let skb_dev = offset(&MONITOR_OFFSETS.skb_dev);
+    let dev_ifindex = offset(&MONITOR_OFFSETS.dev_ifindex);
+    let dev_nd_net = offset(&MONITOR_OFFSETS.dev_nd_net);
+    let net_inum = offset(&MONITOR_OFFSETS.net_inum);
     let Some(config) = MONITOR_CONFIG.get(0) else {
         return 0;
     };
