@@ -237,23 +237,27 @@ async fn main() -> anyhow::Result<()> {
         let server_url = format!("{base}/api/files/{name}");
         let plain_put_url = format!("{plain}/upload/{name}");
         let plain_get_url = format!("{plain}/files/{name}");
-        // Uploads: server, plain, direct — or the reverse.
-        let reverse = rep % 4 == 1 || rep % 4 == 2;
+        // Server, plain HTTP, direct — or the reverse; uploads, then downloads in that order.
+        let order = if rep % 4 == 1 || rep % 4 == 2 {
+            [2, 1, 0]
+        } else {
+            [0, 1, 2]
+        };
         let (mut up_server, mut up_plain, mut up_direct) = (0.0, 0.0, 0.0);
-        for step in 0..3 {
-            match if reverse { 2 - step } else { step } {
+        for way in order {
+            match way {
                 0 => up_server = http_upload(&client, &server_url, body.clone()).await,
                 1 => up_plain = http_upload(&client, &plain_put_url, body.clone()).await,
                 _ => up_direct = direct_write(&direct, &name, &body),
             }
         }
-        // Downloads of the file the server stored, in the same order, each from a warm cache
-        // (the page cache, and JuiceFS' own): whichever read came first would otherwise also
-        // pay for fetching the file from the storage.
+        // Downloads of the file the server stored, each from a warm cache (the page cache, and
+        // JuiceFS' own): whichever read came first would otherwise also pay for fetching the
+        // file from the storage.
         direct_read(&files.join(&name), size);
         let (mut down_server, mut down_plain, mut down_direct) = (0.0, 0.0, 0.0);
-        for step in 0..3 {
-            match if reverse { 2 - step } else { step } {
+        for way in order {
+            match way {
                 0 => down_server = http_download(&client, &server_url, size).await,
                 1 => down_plain = http_download(&client, &plain_get_url, size).await,
                 _ => down_direct = direct_read(&files.join(&name), size),

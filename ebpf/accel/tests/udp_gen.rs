@@ -123,15 +123,14 @@ fn every_frame_is_echoed_and_counted_with_its_round_trip_over_ipv4_and_ipv6() ->
                 // A batch goes out when the previous one has come back: a busy machine that
                 // starves the server for a while must not overflow its veth ring or socket.
                 let deadline = Instant::now() + Duration::from_secs(10);
-                let mut echoes = generator.echoes()?;
                 for sent in (BATCH..=FRAMES).step_by(BATCH as usize) {
                     generator.send(BATCH)?;
-                    echoes = generator.echoes()?;
-                    while echoes.echoes < u64::from(sent) && Instant::now() < deadline {
+                    while generator.echoes()?.echoes < u64::from(sent) && Instant::now() < deadline
+                    {
                         thread::sleep(Duration::from_millis(1));
-                        echoes = generator.echoes()?;
                     }
                 }
+                let echoes = generator.echoes()?;
                 let elapsed = started.elapsed();
                 drop(generator);
                 // Without the counter, an echo reaches the socket.
